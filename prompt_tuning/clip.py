@@ -1,0 +1,315 @@
+"""FrozenCLIP: a frozen open_clip model with a text pass that takes prompt *embeddings*.
+
+Prompt learning (CoOp, arXiv:2109.01134, and its successors) replaces some token embeddings of a prompt with
+learned vectors, so the text encoder must start from embeddings rather than token ids. `encode_prompts` does
+that, and runs the causal text transformer only up to the last end-of-text (EOT) position of the batch: the
+feature read at an EOT token depends only on the tokens before it, so the result is the same as open_clip's own
+77-token `encode_text`, for a fraction of the cost.
+
+The open_clip model is held *outside* the module tree: it never appears in `state_dict()` or `parameters()`
+(checkpoints hold only what a method learns), it follows `.to(device)` / dtype casts, and it stays in eval mode
+when Lightning calls `.train()`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from open_clip.transformer import ResidualAttentionBlock
+from torch import nn
+
+from prompt_tuning.errors import UserError, close_matches
+
+SUPPORTED_POOLING = ("argmax", "eos")
+MIN_ROWS = 16  # fewest token rows per text pass for which CPU GEMM rounds as in the 77-token pass (measured)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images must be prepared for this model (from open_clip's preprocess config)."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+
+class _TextTower:
+    """The pieces of an open_clip causal text transformer that a prompt pass needs."""
+
+    def __init__(self, model: nn.Module):
+        owner = model if isinstance(model, open_clip.CLIP) else getattr(model, "text", None)
+        kind = type(owner if owner is not None else model).__name__
+        if owner is None or not hasattr(owner, "token_embedding") or not hasattr(owner, "transformer"):
+            raise UserError(
+                f"the text tower of this model ({kind}) cannot be prompted: prompt-tuning needs open_clip's "
+                "built-in causal text transformer (CLIP or CustomTextCLIP with a TextTransformer); "
+                "Hugging Face text towers are not supported yet"
+            )
+        pool = getattr(owner, "text_pool_type", getattr(owner, "pool_type", None))
+        mask = getattr(owner, "attn_mask", None)
+        if getattr(owner, "cls_emb", None) is not None or mask is None or pool not in SUPPORTED_POOLING:
+            raise UserError(
+                f"the text tower of this model ({kind}, pool_type={pool!r}, causal mask: {mask is not None}, "
+                f"class embedding: {getattr(owner, 'cls_emb', None) is not None}) cannot be prompted: "
+                f"prompt-tuning needs a causal text transformer pooled at the end-of-text token "
+                f"(pool_type in {SUPPORTED_POOLING}, no appended class embedding)"
+            )
+        self.owner = owner
+        self.pool = pool
+        self.eos_id = getattr(owner, "text_eos_id", getattr(owner, "eos_id", None))
+        # blocks whose attention encode_prompts can run with truncated queries (open_clip's standard block)
+        self.blocks_known = all(
+            type(b) is ResidualAttentionBlock
+            and not hasattr(b, "ln_1_kv")
+            and isinstance(b.attn, nn.MultiheadAttention)
+            and b.attn._qkv_same_embed_dim
+            and b.attn.in_proj_weight is not None
+            for b in owner.transformer.resblocks
+        )
+
+
+class FrozenCLIP(nn.Module):
+    """A frozen open_clip model: tokenize, embed tokens, encode images, encode prompt embeddings.
+
+    Build one with `FrozenCLIP.build(...)`. Nothing in it is trainable; gradients still flow *through*
+    `encode_prompts` to the prompt embeddings a context module provides.
+
+    Args:
+        model: an open_clip `CLIP` (or `CustomTextCLIP` with a `TextTransformer`).
+        tokenizer: the matching open_clip tokenizer.
+        preprocess: image size and normalisation the model expects.
+        name: architecture name, for cache keys and results.
+        weights: identity of the weights (pretrained tag, checkpoint path, or ``random``).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, preprocess: Preprocess, name: str, weights: str):
+        super().__init__()
+        model.eval().requires_grad_(False)
+        object.__setattr__(self, "model", model)  # deliberately not a registered submodule (see module doc)
+        self._text = _TextTower(model)
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.name = name
+        self.weights = weights
+
+    # ----------------------------------------------------------------------------------------------- building
+    @classmethod
+    def build(
+        cls,
+        name: str = "ViT-B-16",
+        pretrained: str | None = "openai",
+        arch: dict | str | None = None,
+        cache_dir: str | None = None,
+    ) -> FrozenCLIP:
+        """Build from an open_clip architecture name, a pretrained tag or local checkpoint, or a config dict.
+
+        Args:
+            name: open_clip architecture (``ViT-B-16``, ``RN50``, ...); with ``arch`` it only names the model.
+            pretrained: an open_clip tag for ``name`` (``openai``, ``laion2b_s34b_b88k``...), a local checkpoint
+                file, or None for random weights. OpenAI weights get QuickGELU automatically, as they need.
+            arch: an architecture config dict, or the path of a JSON file holding one (open_clip's
+                ``model_configs`` format); the model is built from it with random weights (then ``pretrained``
+                may still name a local checkpoint). Used by tests and the demo for tiny models.
+            cache_dir: where open_clip caches downloaded weights.
+        """
+        if arch is not None:
+            cfg = _read_arch(arch)
+            model_cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
+            try:
+                model = model_cls(**cfg)
+            except TypeError as e:
+                raise UserError(f"model architecture config {arch if isinstance(arch, str) else ''}: {e}") from e
+            weights = "random"
+            if pretrained:
+                if not os.path.isfile(pretrained):
+                    raise UserError(f"model.pretrained={pretrained!r}: with model.arch it must be a checkpoint file")
+                open_clip.load_checkpoint(model, pretrained)
+                weights = str(Path(pretrained).resolve())
+            vision = cfg.get("vision_cfg", {})
+            size = vision.get("image_size", 224)
+            preprocess = Preprocess(
+                image_size=size if isinstance(size, int) else size[0],
+                mean=tuple(open_clip.OPENAI_DATASET_MEAN),
+                std=tuple(open_clip.OPENAI_DATASET_STD),
+            )
+            tokenizer = open_clip.SimpleTokenizer(context_length=cfg.get("text_cfg", {}).get("context_length", 77))
+            return cls(model, tokenizer, preprocess, name, weights)
+
+        if name not in open_clip.list_models():
+            raise UserError(
+                f"model.name={name!r} is not an open_clip architecture{close_matches(name, open_clip.list_models())}"
+                " (see open_clip.list_models())"
+            )
+        quick_gelu = False
+        if pretrained:
+            tag = open_clip.get_pretrained_cfg(name, pretrained)
+            if tag:
+                quick_gelu = bool(tag.get("quick_gelu", False))  # OpenAI weights need QuickGELU
+            elif not os.path.isfile(pretrained):
+                tags = open_clip.list_pretrained_tags_by_model(name)
+                raise UserError(
+                    f"model.pretrained={pretrained!r} is neither a pretrained tag of {name} nor an existing file"
+                    f"{close_matches(pretrained, tags)} (tags for {name}: {', '.join(tags) or 'none'})"
+                )
+        model = open_clip.create_model(
+            name, pretrained=pretrained or None, force_quick_gelu=quick_gelu, cache_dir=cache_dir
+        )
+        pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+        size = pcfg.get("size", model.visual.image_size)
+        preprocess = Preprocess(
+            image_size=size if isinstance(size, int) else size[0],
+            mean=tuple(pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+            std=tuple(pcfg.get("std", open_clip.OPENAI_DATASET_STD)),
+            interpolation=pcfg.get("interpolation", "bicubic"),
+        )
+        weights = str(Path(pretrained).resolve()) if pretrained and os.path.isfile(pretrained) else (
+            pretrained or "random"
+        )
+        return cls(model, open_clip.get_tokenizer(name), preprocess, name, weights)
+
+    # ------------------------------------------------------------------------------------- module plumbing
+    def _apply(self, fn, recurse=True):
+        self.model._apply(fn)
+        return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True) -> FrozenCLIP:
+        """The frozen model stays in eval mode whatever the caller asks."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    # ----------------------------------------------------------------------------------------- properties
+    @property
+    def context_length(self) -> int:
+        return self._text.owner.positional_embedding.shape[0]
+
+    @property
+    def width(self) -> int:
+        """Dimension of token embeddings (the context vectors' dimension, ``ctx_dim``)."""
+        return self._text.owner.token_embedding.weight.shape[1]
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the joint image-text feature space."""
+        return self.model.visual.output_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self._text.owner.token_embedding.weight.device
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The learned temperature, already exponentiated (100 for OpenAI CLIP)."""
+        return self.model.logit_scale.exp()
+
+    # ------------------------------------------------------------------------------------------- encoders
+    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """Token ids ``(n, context_length)`` on the model's device."""
+        return self.tokenizer([texts] if isinstance(texts, str) else list(texts)).to(self.device)
+
+    def n_tokens(self, text: str) -> int:
+        """Number of BPE tokens of `text` (without start/end tokens)."""
+        return len(self.tokenizer.encode(text))
+
+    def eot_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Position of the token the text feature is read at, ``(n,)``."""
+        if self._text.pool == "argmax":  # OpenAI BPE: EOT has the largest id
+            return tokens.argmax(dim=-1)
+        return (tokens == self._text.eos_id).int().argmax(dim=-1)
+
+    @torch.no_grad()
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Frozen token embeddings ``(n, context_length, width)``."""
+        return self._text.owner.token_embedding(tokens.to(self.device))
+
+    def encode_prompts(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """Text features of prompt embeddings, with the transformer run on the first ``max(eot)+1`` positions.
+
+        Every projection and MLP runs on those positions only. The attention keeps the full key axis (the keys
+        and values past them are zeros, which the causal mask weighs by exactly 0), so the CPU/GPU attention
+        kernels reduce in the same order as open_clip's 77-token pass and the features are *bit-identical* to
+        ``encode_text`` on the same tokens (tested), at about a third of the cost for short prompts.
+
+        Args:
+            embeddings: ``(n, L, width)`` token embeddings with learned vectors in place, ``L <= context_length``.
+            eot_index: ``(n,)`` position of each prompt's end-of-text token.
+
+        Returns:
+            ``(n, embed_dim)`` unnormalised text features.
+        """
+        t = self._text.owner
+        n_pos = self.context_length
+        # BLAS takes another kernel (other rounding) for products of very few rows: keep >= MIN_ROWS in flight
+        length = min(n_pos, max(int(eot_index.max()) + 1, -(-MIN_ROWS // embeddings.shape[0])))
+        cast = t.transformer.get_cast_dtype()
+        x = embeddings[:, :length].to(cast) + t.positional_embedding[:length].to(cast)
+        if self._text.blocks_known:
+            mask = t.attn_mask[:length]  # (length, n_pos): row i sees keys 0..i
+            for block in t.transformer.resblocks:
+                x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask, n_pos))
+                x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        else:  # unknown block type: pad back to the full length (still exact, not faster)
+            x = t.transformer(F.pad(x, (0, 0, 0, n_pos - length)), attn_mask=t.attn_mask)[:, :length]
+        x = t.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        proj = t.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    @torch.no_grad()
+    def encode_text(self, texts: str | Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """Features of plain text prompts (e.g. hand-crafted templates), ``(n, embed_dim)``."""
+        tokens = self.tokenize(texts)
+        features = self.encode_prompts(self.token_embeddings(tokens), self.eot_index(tokens))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image features ``(b, embed_dim)`` of preprocessed images ``(b, 3, H, W)``."""
+        features = self.model.encode_image(images.to(self.device))
+        return F.normalize(features, dim=-1) if normalize else features
+
+
+def _attention(mha: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """``mha``'s self-attention for queries ``h`` ``(n, L, d)``, keys/values zero-padded to ``n_keys``.
+
+    The ops follow ``F.multi_head_attention_forward`` step by step, in its sequence-first layout, so that each
+    matrix product has the same memory layout, and hence the same rounding, as in open_clip's own pass.
+    """
+    n, length, d = h.shape
+    heads = mha.num_heads
+    proj = F.linear(h.transpose(0, 1), mha.in_proj_weight, mha.in_proj_bias)  # (L, n, 3d)
+    q, k, v = proj.unflatten(-1, (3, d)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
+    k, v = (F.pad(z, (0, 0, 0, 0, 0, n_keys - length)) for z in (k, v))  # (n_keys, n, d), zeros past L
+    q, k, v = (z.view(z.shape[0], n * heads, -1).transpose(0, 1) for z in (q, k, v))
+    q, k, v = (z.view(n, heads, z.shape[1], -1) for z in (q, k, v))  # (n, heads, len, d/heads)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype)[None, None])
+    out = out.permute(2, 0, 1, 3).contiguous().view(length * n, d)
+    return F.linear(out, mha.out_proj.weight, mha.out_proj.bias).view(length, n, d).transpose(0, 1)
+
+
+def _read_arch(arch: dict | str | Any) -> dict:
+    """An architecture config as a plain dict, from a dict(-like) or a JSON file."""
+    if isinstance(arch, str | Path):
+        path = Path(arch)
+        if not path.is_file():
+            raise UserError(f"model.arch={str(arch)!r}: no such JSON file")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"model.arch file {path} is not valid JSON: {e}") from e
+    if isinstance(arch, DictConfig):
+        return OmegaConf.to_container(arch, resolve=True)
+    return copy.deepcopy(dict(arch))

@@ -1,0 +1,247 @@
+"""Config composition: ``defaults.yaml`` + one file per group + command-line dotlist, in struct mode.
+
+``compose(["method=coop", "dataset=eurosat", "protocol.shots=4"])``:
+
+1. ``configs/defaults.yaml`` holds every key, with a comment each.
+2. ``group=value`` picks ``configs/<group>/<value>.yaml`` and merges it into that group's section; ``value``
+   may also be a YAML file path, a directory for ``dataset`` (a local folder in a known layout) or an
+   open_clip JSON architecture file for ``model``.
+3. The config is put in struct mode, then ``a.b=c`` overrides are applied: an unknown key is an error that
+   lists the valid keys at that level, and a value of the wrong type (``protocol.shots=abc``) is an error.
+4. ``class_path`` + ``init_args`` name the class to build; ``init_args`` are checked against the class's
+   ``__init__`` signature, so a misspelt argument is an error naming the valid ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from prompt_tuning.errors import UserError, close_matches
+
+GROUPS = ("model", "method", "dataset", "protocol")
+INJECTED = {"clip", "task"}  # constructor arguments the runner provides, never set in a config
+NOT_HASHED = ("output_dir", "runtime")  # keys that do not change a run's numbers
+
+
+def config_dir() -> Path:
+    """The ``configs/`` folder: ``$PT_CONFIG_DIR`` or the one beside the package (an editable install)."""
+    path = Path(os.environ.get("PT_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+    if not (path / "defaults.yaml").is_file():
+        raise UserError(
+            f"no configs/defaults.yaml under {path}: install the repository with 'pip install -e .' "
+            "or point PT_CONFIG_DIR at its configs/ folder"
+        )
+    return path
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException, ValueError) as e:
+        raise UserError(f"cannot read config {path}: {e}") from e
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"config {path} must be a mapping of keys to values")
+    return cfg
+
+
+def group_options(group: str, root: Path | None = None) -> list[str]:
+    """Names of the files of a config group (``configs/<group>/*.yaml``)."""
+    return sorted(p.stem for p in ((root or config_dir()) / group).glob("*.yaml"))
+
+
+def _group_config(group: str, value: str, root: Path) -> DictConfig:
+    """The config a ``group=value`` choice stands for."""
+    path = Path(value).expanduser()
+    named = root / group / f"{value}.yaml"
+    if named.is_file():
+        return _load_yaml(named)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return _load_yaml(path)
+    if group == "dataset" and path.is_dir():
+        return OmegaConf.create({
+            "name": path.resolve().name,
+            "class_path": "prompt_tuning.data.datasets.Folder",
+            "init_args": {"root": str(path.resolve())},
+        })
+    if group == "model" and path.suffix == ".json" and path.is_file():
+        return OmegaConf.create({"name": path.stem, "pretrained": None, "arch": str(path.resolve())})
+    options = group_options(group, root)
+    extra = {"dataset": ", a dataset folder", "model": ", an open_clip architecture .json"}.get(group, "")
+    raise UserError(
+        f"{group}={value!r}: no {named}{close_matches(value, options)}; choose one of "
+        f"{', '.join(options) or '(none)'}, a YAML file{extra}"
+    )
+
+
+def compose(args: list[str] | tuple[str, ...] = (), root: Path | None = None) -> DictConfig:
+    """Build the resolved run config from command-line style ``key=value`` arguments."""
+    root = root or config_dir()
+    cfg = _load_yaml(root / "defaults.yaml")
+    choices = OmegaConf.to_container(cfg.pop("defaults", {}))
+    overrides = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise UserError(f"argument {arg!r} is not of the form key=value")
+        if key in GROUPS:
+            choices[key] = value
+        else:
+            overrides.append((key, value))
+    for group in GROUPS:
+        value = choices.get(group)
+        if value in (None, "???"):
+            raise UserError(f"choose a {group}: {group}=NAME with NAME one of {', '.join(group_options(group, root))}")
+        cfg[group] = OmegaConf.merge(cfg[group], _group_config(group, str(value), root))
+    OmegaConf.set_struct(cfg, True)
+    _open_init_args(cfg)
+    for key, value in overrides:
+        _override(cfg, key, value)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"these keys need a value: {', '.join(missing)}")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise UserError(f"config interpolation failed: {e}") from e
+    _check_init_args(cfg)
+    return cfg
+
+
+def _open_init_args(cfg: Any) -> None:
+    """``init_args`` are free-form (checked against the class signature instead of a fixed schema)."""
+    if isinstance(cfg, DictConfig):
+        for key in cfg:
+            node = cfg._get_node(key)
+            if key == "init_args" and isinstance(node, DictConfig):
+                OmegaConf.set_struct(node, False)
+            else:
+                _open_init_args(node)
+
+
+def _parse(value: str) -> Any:
+    """A command-line value, typed as YAML types it (``4`` int, ``true`` bool, ``null`` None, ``[1,2]`` list)."""
+    return OmegaConf.create({"v": value}).v if value == "" else OmegaConf.from_dotlist([f"v={value}"]).v
+
+
+def _override(cfg: DictConfig, key: str, value: str) -> None:
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if not isinstance(parent, DictConfig):
+        raise UserError(f"{key}={value}: {parent_key!r} is not a config section")
+    new = _parse(value)
+    if leaf not in parent:
+        if OmegaConf.is_struct(parent):
+            valid = sorted(str(k) for k in parent)
+            raise UserError(
+                f"unknown config key {key!r}{close_matches(leaf, valid)}; valid keys of "
+                f"{parent_key or 'the top level'}: {', '.join(valid)}"
+            )
+    else:
+        old = parent._get_node(leaf)._value() if not OmegaConf.is_missing(parent, leaf) else None
+        _check_type(key, old, new)
+    parent[leaf] = new
+
+
+def _check_type(key: str, old: Any, new: Any) -> None:
+    if old is None or new is None or isinstance(old, str) and old.startswith("${"):
+        return
+    ok = {
+        bool: (bool,),
+        int: (int,),
+        float: (int, float),
+        str: (str, int, float, bool),
+    }
+    for kind, accepted in ok.items():
+        if type(old) is kind:
+            if type(new) not in accepted or (kind is not bool and type(new) is bool):
+                raise UserError(f"{key}={new!r}: expected {kind.__name__}, like the current value {old!r}")
+            return
+    if isinstance(old, DictConfig | ListConfig) and type(new) in (int, float, bool, str):
+        raise UserError(f"{key}={new!r}: expected a {'mapping' if isinstance(old, DictConfig) else 'list'}")
+
+
+# ----------------------------------------------------------------------------------------- instantiation
+def import_class(class_path: str, where: str = "class_path") -> type:
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UserError(f"{where}={class_path!r} cannot be imported: {e}") from e
+
+
+def _specs(cfg: DictConfig, prefix: str = ""):
+    """Every (dotted key, node) with a ``class_path`` in the config."""
+    for key in cfg:
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            full = f"{prefix}{key}"
+            if "class_path" in node:
+                yield full, node
+            yield from _specs(node, full + ".")
+
+
+def _check_init_args(cfg: DictConfig) -> None:
+    for key, spec in _specs(cfg):
+        cls = import_class(spec.class_path, f"{key}.class_path")
+        params = inspect.signature(cls).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        valid = [n for n in params if n not in INJECTED]
+        for arg in spec.get("init_args") or {}:
+            if arg not in valid:
+                raise UserError(
+                    f"{key}.init_args.{arg}: not an argument of {spec.class_path}{close_matches(arg, valid)}; "
+                    f"valid: {', '.join(valid)}"
+                )
+
+
+def instantiate(spec: DictConfig | dict, **injected: Any) -> Any:
+    """Build ``spec.class_path(**spec.init_args, **injected)``; arguments the class does not take are not
+    injected, so a context that needs no ``task`` need not accept one."""
+    spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    cls = import_class(spec["class_path"])
+    params = inspect.signature(cls).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in injected.items() if takes_all or k in params}
+    kwargs.update(spec.get("init_args") or {})
+    return cls(**kwargs)
+
+
+def run_hash(cfg: DictConfig) -> str:
+    """12 hex digits identifying what a run computes (output paths and runtime settings excluded)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in NOT_HASHED:
+        plain.pop(key, None)
+    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(plain)).encode()).hexdigest()[:12]
+
+
+def compose_from_run(run_dir: str | Path, args: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """A finished run's saved config, with ``key=value`` changes (``dataset=NAME`` swaps the whole group)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run folder: it has no config.yaml")
+    cfg = _load_yaml(path)
+    root = config_dir()
+    overrides = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise UserError(f"argument {arg!r} is not of the form key=value")
+        if key in GROUPS:
+            cfg[key] = _group_config(key, value, root)
+        else:
+            overrides.append((key, value))
+    OmegaConf.set_struct(cfg, True)
+    _open_init_args(cfg)
+    for key, value in overrides:
+        _override(cfg, key, value)
+    _check_init_args(cfg)
+    return cfg

@@ -1,0 +1,150 @@
+"""PromptTuner: the LightningModule that wires a context, the frozen CLIP and an objective.
+
+``logits = logit_scale * normalise(image features) @ normalise(class text features).T``, per prompt set;
+predictions average the softmax over sets. Only the context's parameters are optimised (SGD, constant warm-up
+then cosine decay per epoch, as CoOp's Dassl trainer). Class text features are computed once per evaluation
+for contexts that do not depend on the image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+
+from prompt_tuning.clip import FrozenCLIP
+from prompt_tuning.contexts.base import Context, Task
+from prompt_tuning.objectives import CrossEntropy
+
+
+def warmup_cosine(epoch: int, max_epochs: int, warmup_epochs: int, lr: float, warmup_lr: float) -> float:
+    """Learning-rate factor of an epoch: ``warmup_lr / lr`` during warm-up, then cosine from 1 over
+    ``max_epochs`` (Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR(T_max=max_epochs)``)."""
+    if epoch < warmup_epochs:
+        return warmup_lr / lr
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / max_epochs))
+
+
+class PromptTuner(pl.LightningModule):
+    """Trains and evaluates a prompt context on a frozen CLIP.
+
+    Args:
+        clip: the frozen model; it never appears in checkpoints.
+        context: the prompt method.
+        task: class names and template of the current class set.
+        objective: ``(logits (S, B, C), labels) -> loss``; cross-entropy by default.
+        lr, momentum, weight_decay: SGD settings (CoOp: 0.002, 0.9, 5e-4).
+        max_epochs: length of the cosine schedule.
+        warmup_epochs, warmup_lr: constant warm-up (CoOp: 1 epoch at 1e-5).
+    """
+
+    def __init__(
+        self,
+        clip: FrozenCLIP,
+        context: Context,
+        task: Task,
+        objective: Callable | None = None,
+        lr: float = 0.002,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        max_epochs: int = 200,
+        warmup_epochs: int = 1,
+        warmup_lr: float = 1e-5,
+    ):
+        super().__init__()
+        self.clip = clip
+        self.context = context
+        self.objective = objective or CrossEntropy()
+        self.optim = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.schedule = dict(max_epochs=max_epochs, warmup_epochs=warmup_epochs, lr=lr, warmup_lr=warmup_lr)
+        self._eval_text: torch.Tensor | None = None
+        self.set_task(task)
+
+    # ------------------------------------------------------------------------------------------ class sets
+    def set_task(self, task: Task) -> None:
+        """Point the context (and the metrics) at another class set."""
+        self.task = task
+        self.context.set_task(self.clip, task)
+        n = len(task.classnames)
+        self.acc = MulticlassAccuracy(num_classes=n, average="micro").to(self.clip.device)
+        self.macro_acc = MulticlassAccuracy(num_classes=n, average="macro").to(self.clip.device)
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.context.parameters())
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def image_features(self, batch: dict) -> torch.Tensor:
+        """Normalised image features ``(B, d)`` of a batch (precomputed ``features`` or raw ``image``)."""
+        if "features" in batch:
+            return batch["features"]
+        return self.clip.encode_images(batch["image"])
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(S, B, C)``; pass ``text_features`` ``(S, C, d)`` to reuse class features."""
+        if text_features is None:
+            text_features = self.context.text_features(self.clip, image_features)
+        image_features = image_features.to(text_features.dtype)
+        if self.context.conditional:  # set i belongs to image i
+            logits = torch.einsum("bd,bcd->bc", image_features, text_features).unsqueeze(0)
+        else:
+            logits = torch.einsum("bd,scd->sbc", image_features, text_features)
+        return self.clip.logit_scale * logits
+
+    @staticmethod
+    def predict_proba(logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(B, C)``: the softmax averaged over prompt sets."""
+        return logits.softmax(dim=-1).mean(dim=0)
+
+    # ------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(self.image_features(batch))
+        loss = self.objective(logits, batch["label"])
+        acc = (self.predict_proba(logits).argmax(-1) == batch["label"]).float().mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
+        self.log("train/acc", acc, prog_bar=True, batch_size=len(batch["label"]))
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.context.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, **self.optim)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: warmup_cosine(e, **self.schedule))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def _start_eval(self) -> None:
+        self.acc.reset()
+        self.macro_acc.reset()
+        self._eval_text = None
+        if not self.context.conditional:
+            with torch.no_grad():
+                self._eval_text = self.context.text_features(self.clip)  # once per evaluation
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        with torch.no_grad():
+            probs = self.predict_proba(self(self.image_features(batch), self._eval_text))
+        self.acc.update(probs, batch["label"])
+        self.macro_acc.update(probs, batch["label"])
+        self.log(f"{stage}/acc", self.acc, batch_size=len(batch["label"]))
+        self.log(f"{stage}/macro_acc", self.macro_acc, batch_size=len(batch["label"]))
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_text = None
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_text = None

@@ -1,0 +1,198 @@
+"""One run, forward through the flow: config -> model -> dataset -> protocol -> fit -> test -> result.json."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from prompt_tuning.clip import FrozenCLIP
+from prompt_tuning.config import instantiate, run_hash
+from prompt_tuning.contexts.base import Context, Task
+from prompt_tuning.data.datamodule import PromptDataModule
+from prompt_tuning.data.datasets import Item, classnames_of
+from prompt_tuning.data.protocols import few_shot_splits, subsample_classes
+from prompt_tuning.data.transforms import eval_transform, train_transform
+from prompt_tuning.errors import UserError
+from prompt_tuning.module import PromptTuner
+from prompt_tuning.results import CONFIG_FILE, RESULT_FILE, harmonic_mean, versions, write_atomic, write_json
+
+CKPT_DIR = "checkpoints"
+LAST_CKPT = "last.ckpt"
+
+
+@dataclass
+class Setup:
+    """Everything a run builds from its config."""
+
+    clip: FrozenCLIP
+    module: PromptTuner
+    datamodule: PromptDataModule
+    train_task: Task
+    eval_sets: dict[str, tuple[Task, list]]  # subset name -> (task, test items)
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up chatter out of the user's terminal."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*No pretrained weights loaded.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own deprecation, not the user's concern
+
+
+def build(cfg: DictConfig) -> Setup:
+    """Build the model, data and module of a run (seeded, so the same config builds the same run)."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    clip = FrozenCLIP.build(cfg.model.name, cfg.model.pretrained, cfg.model.arch, cfg.model.cache_dir)
+    dataset = instantiate(cfg.dataset)
+    splits = dataset.load()
+    names = classnames_of(splits["train"] + splits["val"] + splits["test"], f"dataset {dataset.name}")
+
+    shots = cfg.protocol.shots
+    train, val = few_shot_splits(splits["train"], splits["val"], shots, cfg.seed)
+    train, val = subsample_classes(train, val, subsample=cfg.protocol.subsample)
+    train_task = Task(_names(names, cfg.protocol.subsample), dataset.template)
+    eval_sets = {}
+    for subset in cfg.protocol.eval_subsets:
+        (test,) = subsample_classes(splits["test"], subsample=subset)
+        eval_sets[subset] = (Task(_names(names, subset), dataset.template), test)
+
+    context: Context = instantiate(cfg.method.context, clip=clip, task=train_task)
+    objective = instantiate(cfg.method.objective, clip=clip, task=train_task)
+    module = PromptTuner(clip, context, train_task, objective, **_optim(cfg))
+    pre = clip.preprocess
+    datamodule = PromptDataModule(
+        train, val, [],
+        train_transform(pre, tuple(cfg.data.crop_scale)) if cfg.data.augment else eval_transform(pre),
+        eval_transform(pre),
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        num_workers=cfg.runtime.num_workers,
+        seed=cfg.seed,
+    )
+    return Setup(clip, module, datamodule, train_task, eval_sets)
+
+
+def _names(names: list[str], subsample: str) -> list[str]:
+    """Class names of the ``all``/``base``/``novel`` half, in the relabelled order."""
+    (kept,) = subsample_classes([Item("", i, n) for i, n in enumerate(names)], subsample=subsample)
+    return [item.classname for item in kept]
+
+
+def _optim(cfg: DictConfig) -> dict:
+    max_epochs = cfg.optim.max_epochs
+    if max_epochs is None:
+        epochs = cfg.protocol.epochs
+        if cfg.protocol.shots not in epochs:
+            raise UserError(
+                f"protocol {cfg.protocol.name} has no epochs for shots={cfg.protocol.shots} "
+                f"(protocol.epochs has {', '.join(map(str, epochs)) or 'none'}); set optim.max_epochs"
+            )
+        max_epochs = epochs[cfg.protocol.shots]
+    o = cfg.optim
+    return dict(lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, max_epochs=int(max_epochs),
+                warmup_epochs=o.warmup_epochs, warmup_lr=o.warmup_lr)
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path | None, max_epochs: int) -> pl.Trainer:
+    callbacks = []
+    if run_dir is not None:
+        callbacks.append(pl.callbacks.ModelCheckpoint(
+            dirpath=run_dir / CKPT_DIR, save_last=True, save_top_k=0, every_n_epochs=1
+        ))
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        deterministic=True,
+        logger=pl.loggers.CSVLogger(run_dir, name="logs", version="") if run_dir is not None else False,
+        callbacks=callbacks,
+        enable_checkpointing=run_dir is not None,
+        enable_progress_bar=bool(cfg.runtime.progress),
+        enable_model_summary=False,
+        check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
+        limit_val_batches=1.0 if cfg.trainer.check_val_every_n_epoch else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+    )
+
+
+def evaluate(setup: Setup, trainer: pl.Trainer) -> dict[str, float]:
+    """Test accuracy on every evaluation subset; base and novel also give their harmonic mean."""
+    metrics = {}
+    for name, (task, items) in setup.eval_sets.items():
+        setup.module.set_task(task)
+        setup.datamodule.test_items = items
+        out = trainer.test(setup.module, datamodule=setup.datamodule, verbose=False)[0]
+        prefix = "" if name == "all" else f"{name}_"
+        metrics[f"{prefix}acc"] = 100.0 * float(out["test/acc"])
+        metrics[f"{prefix}macro_acc"] = 100.0 * float(out["test/macro_acc"])
+    if "base_acc" in metrics and "novel_acc" in metrics:
+        metrics["hm"] = harmonic_mean(metrics["base_acc"], metrics["novel_acc"])
+    setup.module.set_task(setup.train_task)
+    return metrics
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train (unless the method has nothing to learn), test, and write ``result.json`` + ``config.yaml``."""
+    quiet_lightning()
+    start = time.time()
+    run_dir = Path(cfg.output_dir)
+    config_hash = run_hash(cfg)
+    write_atomic(run_dir / CONFIG_FILE, f"# run hash: {config_hash}\n" + OmegaConf.to_yaml(cfg))
+    setup = build(cfg)
+    max_epochs = setup.module.schedule["max_epochs"]
+    trainer = make_trainer(cfg, run_dir, max_epochs)
+    if setup.module.trainable:
+        trainer.fit(setup.module, datamodule=setup.datamodule)
+    metrics = evaluate(setup, trainer)
+    result = {
+        "method": cfg.method.name,
+        "dataset": cfg.dataset.name,
+        "protocol": cfg.protocol.name,
+        "shots": cfg.protocol.shots,
+        "seed": cfg.seed,
+        "model": f"{cfg.model.name}/{setup.clip.weights}",
+        "config_hash": config_hash,
+        "epochs": max_epochs if setup.module.trainable else 0,
+        "metrics": metrics,
+        "wall_time_s": round(time.time() - start, 2),
+        "versions": versions(),
+    }
+    write_json(run_dir / RESULT_FILE, result)
+    return result
+
+
+def load_context_state(module: PromptTuner, checkpoint: str | Path) -> None:
+    """Load the learned parameters of a checkpoint into ``module``, strictly."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("state_dict", state)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(
+            f"checkpoint {path} does not fit this method/class set "
+            f"({type(module.context).__name__}, {len(module.task.classnames)} classes): {e}"
+        ) from e
+
+
+def evaluate_checkpoint(cfg: DictConfig, checkpoint: str | Path) -> dict[str, float]:
+    """Rebuild the run of ``cfg``, load ``checkpoint``'s learned parameters and test them."""
+    quiet_lightning()
+    setup = build(cfg)
+    if setup.module.trainable:
+        load_context_state(setup.module, checkpoint)
+    trainer = make_trainer(cfg, None, 1)
+    return evaluate(setup, trainer)

@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny random CLIP and a generated shapes dataset (no downloads anywhere)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from prompt_tuning.clip import FrozenCLIP
+from prompt_tuning.contexts.base import Task
+from prompt_tuning.data.synthetic import make_shapes
+
+ASSETS = Path(__file__).parent / "assets"
+TINY_ARCH = ASSETS / "tiny_clip.json"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_tiny(seed: int = 0) -> FrozenCLIP:
+    torch.manual_seed(seed)
+    return FrozenCLIP.build("tiny", None, arch=json.loads(TINY_ARCH.read_text()))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip() -> FrozenCLIP:
+    return build_tiny()
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """9 classes, 16 train / 4 val / 20 test images each, 32 px, CoOp split-file layout."""
+    return make_shapes(tmp_path_factory.mktemp("shapes"), seed=0)
+
+
+@pytest.fixture
+def task() -> Task:
+    return Task(("red circle", "great_crested_grebe", "dog", "blue square"), "a photo of a {}.")
