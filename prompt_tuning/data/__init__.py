@@ -1,0 +1,1 @@
+"""Datasets (folder -> items), protocols (items -> few-shot / base / novel subsets), transforms, datamodule."""

@@ -1,0 +1,86 @@
+"""Evaluation protocols as pure functions on item lists: few-shot sampling and the base/novel class split.
+
+Both follow the CoOp/CoCoOp reference code (Dassl's ``generate_fewshot_dataset`` and CoCoOp's
+``subsample_classes``) so that a given seed picks the same images and classes as the published numbers used.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prompt_tuning.data.datasets import Item, classnames_of
+from prompt_tuning.errors import UserError
+
+SUBSAMPLES = ("all", "base", "novel")
+
+
+@dataclass
+class Subset:
+    """Items of one evaluation or training set and the class names its labels index."""
+
+    items: list[Item]
+    classnames: list[str]
+
+
+def group_by_label(items: Sequence[Item]) -> dict[int, list[Item]]:
+    """Items per label, labels in order of first appearance (as Dassl's ``split_dataset_by_label``)."""
+    groups: dict[int, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.label, []).append(item)
+    return groups
+
+
+def few_shot(items: Sequence[Item], shots: int, rng: random.Random, strict: bool = True) -> list[Item]:
+    """``shots`` items per label, drawn with ``rng.sample`` label by label in order of first appearance.
+
+    With ``rng = random.Random(seed)`` this draws exactly what the reference sampler draws after
+    ``random.seed(seed)``. ``shots < 1`` returns all items.
+
+    Args:
+        strict: raise when a class has fewer than ``shots`` items; otherwise such a class keeps all it has
+            (the reference behaviour).
+    """
+    if shots < 1:
+        return list(items)
+    groups = group_by_label(items)
+    short = {g[0].classname: len(g) for g in groups.values() if len(g) < shots}
+    if short and strict:
+        listed = ", ".join(f"{name!r} ({n})" for name, n in list(short.items())[:10])
+        raise UserError(f"{shots} shots asked, but {len(short)} classes have fewer training images: {listed}")
+    out: list[Item] = []
+    for group in groups.values():
+        out += rng.sample(group, shots) if len(group) >= shots else list(group)
+    return out
+
+
+def few_shot_splits(train: Sequence[Item], val: Sequence[Item], shots: int, seed: int) -> tuple[list, list]:
+    """The reference few-shot draw: K per class from train, then ``min(K, 4)`` per class from val.
+
+    Both draws come from one generator seeded with ``seed``, in that order, as in CoOp's dataset classes.
+    """
+    rng = random.Random(seed)
+    return few_shot(train, shots, rng), few_shot(val, min(shots, 4), rng, strict=False)
+
+
+def subsample_classes(*splits: Sequence[Item], subsample: str = "all") -> list[list[Item]]:
+    """Keep the base or novel half of the classes and relabel them from 0 (CoCoOp's base-to-novel split).
+
+    Labels of the first split are sorted; the first ``ceil(n / 2)`` are base, the rest novel.
+    """
+    if subsample not in SUBSAMPLES:
+        raise UserError(f"protocol.subsample={subsample!r}: choose one of {', '.join(SUBSAMPLES)}")
+    if subsample == "all":
+        return [list(s) for s in splits]
+    labels = sorted({item.label for item in splits[0]})
+    m = math.ceil(len(labels) / 2)
+    selected = labels[:m] if subsample == "base" else labels[m:]
+    relabel = {y: i for i, y in enumerate(selected)}
+    return [[Item(it.path, relabel[it.label], it.classname) for it in s if it.label in relabel] for s in splits]
+
+
+def make_subset(items: list[Item]) -> Subset:
+    """A `Subset` whose class names are read off its items (labels 0..n-1)."""
+    return Subset(items, classnames_of(items))
