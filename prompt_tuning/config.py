@@ -101,6 +101,7 @@ def compose(args: list[str] | tuple[str, ...] = (), root: Path | None = None) ->
             raise UserError(f"choose a {group}: {group}=NAME with NAME one of {', '.join(group_options(group, root))}")
         cfg[group] = OmegaConf.merge(cfg[group], _group_config(group, str(value), root))
     OmegaConf.set_struct(cfg, True)
+    _apply_recipe(cfg)
     _open_init_args(cfg)
     for key, value in overrides:
         _override(cfg, key, value)
@@ -113,6 +114,18 @@ def compose(args: list[str] | tuple[str, ...] = (), root: Path | None = None) ->
         raise UserError(f"config interpolation failed: {e}") from e
     _check_init_args(cfg)
     return cfg
+
+
+def _apply_recipe(cfg: DictConfig) -> None:
+    """Merge the method's ``recipe`` (its paper's batch size, epochs...) over the defaults, in struct mode."""
+    recipe = cfg.method.get("recipe")
+    if recipe:
+        try:
+            merged = OmegaConf.merge(cfg, recipe)
+        except OmegaConfBaseException as e:
+            raise UserError(f"method.recipe of {cfg.method.name}: {e}") from e
+        for key in cfg:
+            cfg[key] = merged[key]
 
 
 def _open_init_args(cfg: Any) -> None:
@@ -204,13 +217,12 @@ def _check_init_args(cfg: DictConfig) -> None:
 
 
 def instantiate(spec: DictConfig | dict, **injected: Any) -> Any:
-    """Build ``spec.class_path(**spec.init_args, **injected)``; arguments the class does not take are not
-    injected, so a context that needs no ``task`` need not accept one."""
+    """Build ``spec.class_path(**spec.init_args, **injected)``; only the injected arguments that the class names
+    in its signature are passed, so a class that needs no ``task`` need not accept one."""
     spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
     cls = import_class(spec["class_path"])
     params = inspect.signature(cls).parameters
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in injected.items() if takes_all or k in params}
+    kwargs = {k: v for k, v in injected.items() if k in params}
     kwargs.update(spec.get("init_args") or {})
     return cls(**kwargs)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
@@ -17,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.contexts.base import Context, Task
-from prompt_tuning.objectives import CrossEntropy
+from prompt_tuning.objectives import CrossEntropy, Objective
 
 
 def warmup_cosine(epoch: int, max_epochs: int, warmup_epochs: int, lr: float, warmup_lr: float) -> float:
@@ -28,6 +29,18 @@ def warmup_cosine(epoch: int, max_epochs: int, warmup_epochs: int, lr: float, wa
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / max_epochs))
 
 
+@dataclass
+class Outputs:
+    """What a forward pass gives objectives: logits ``(M, B, C)``, normalised image features ``(B, d)``,
+    normalised class text features (``(S, C, d)``; ``(M * B, C, d)`` for conditional contexts) and the
+    context's auxiliary loss (or None)."""
+
+    logits: torch.Tensor
+    image_features: torch.Tensor
+    text_features: torch.Tensor
+    aux_loss: torch.Tensor | None = None
+
+
 class PromptTuner(pl.LightningModule):
     """Trains and evaluates a prompt context on a frozen CLIP.
 
@@ -35,10 +48,13 @@ class PromptTuner(pl.LightningModule):
         clip: the frozen model; it never appears in checkpoints.
         context: the prompt method.
         task: class names and template of the current class set.
-        objective: ``(logits (S, B, C), labels) -> loss``; cross-entropy by default.
+        objective: maps `Outputs` and labels to named loss terms; cross-entropy by default.
+        gradient_rule: optional ``rule(terms, params)`` that sets the gradients (e.g. `ProGrad`); training then
+            uses Lightning's manual optimisation.
         lr, momentum, weight_decay: SGD settings (CoOp: 0.002, 0.9, 5e-4).
         max_epochs: length of the cosine schedule.
         warmup_epochs, warmup_lr: constant warm-up (CoOp: 1 epoch at 1e-5).
+        eval_chunk: most prompts per text pass when evaluating a conditional context (bounds memory).
     """
 
     def __init__(
@@ -46,28 +62,34 @@ class PromptTuner(pl.LightningModule):
         clip: FrozenCLIP,
         context: Context,
         task: Task,
-        objective: Callable | None = None,
+        objective: Objective | None = None,
+        gradient_rule: Callable | None = None,
         lr: float = 0.002,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         max_epochs: int = 200,
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
+        eval_chunk: int = 4096,
     ):
         super().__init__()
         self.clip = clip
         self.context = context
-        self.objective = objective or CrossEntropy()
+        self.objective = objective if objective is not None else CrossEntropy()
+        self.gradient_rule = gradient_rule
+        self.automatic_optimization = gradient_rule is None
         self.optim = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.schedule = dict(max_epochs=max_epochs, warmup_epochs=warmup_epochs, lr=lr, warmup_lr=warmup_lr)
+        self.eval_chunk = eval_chunk
         self._eval_text: torch.Tensor | None = None
         self.set_task(task)
 
     # ------------------------------------------------------------------------------------------ class sets
     def set_task(self, task: Task) -> None:
-        """Point the context (and the metrics) at another class set."""
+        """Point the context, the objective and the metrics at another class set."""
         self.task = task
         self.context.set_task(self.clip, task)
+        self.objective.set_task(self.clip, task)
         n = len(task.classnames)
         self.acc = MulticlassAccuracy(num_classes=n, average="micro").to(self.clip.device)
         self.macro_acc = MulticlassAccuracy(num_classes=n, average="macro").to(self.clip.device)
@@ -83,30 +105,54 @@ class PromptTuner(pl.LightningModule):
             return batch["features"]
         return self.clip.encode_images(batch["image"])
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``(S, B, C)``; pass ``text_features`` ``(S, C, d)`` to reuse class features."""
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> Outputs:
+        """Score images against the class prompts; pass ``text_features`` ``(S, C, d)`` to reuse them."""
+        aux = None
         if text_features is None:
-            text_features = self.context.text_features(self.clip, image_features)
-        image_features = image_features.to(text_features.dtype)
-        if self.context.conditional:  # set i belongs to image i
-            logits = torch.einsum("bd,bcd->bc", image_features, text_features).unsqueeze(0)
+            text_features, aux = self.context.text_features(self.clip, image_features)
+        img = image_features.to(text_features.dtype)
+        if self.context.conditional:  # set m * B + b belongs to image b
+            b = img.shape[0]
+            txt = text_features.view(-1, b, *text_features.shape[1:])  # (M, B, C, d)
+            logits = torch.einsum("bd,mbcd->mbc", img, txt)
         else:
-            logits = torch.einsum("bd,scd->sbc", image_features, text_features)
-        return self.clip.logit_scale * logits
+            logits = torch.einsum("bd,scd->sbc", img, text_features)
+        return Outputs(self.clip.logit_scale * logits, img, text_features, aux)
 
     @staticmethod
     def predict_proba(logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(B, C)``: the softmax averaged over prompt sets."""
+        """Class probabilities ``(B, C)``: the softmax averaged over prompt sets / samples."""
         return logits.softmax(dim=-1).mean(dim=0)
+
+    def loss_terms(self, outputs: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The objective's named terms, plus the context's auxiliary loss as ``aux``."""
+        terms = dict(self.objective(outputs, labels))
+        if outputs.aux_loss is not None:
+            terms["aux"] = outputs.aux_loss
+        return terms
 
     # ------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(self.image_features(batch))
-        loss = self.objective(logits, batch["label"])
-        acc = (self.predict_proba(logits).argmax(-1) == batch["label"]).float().mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
-        self.log("train/acc", acc, prog_bar=True, batch_size=len(batch["label"]))
+        labels = batch["label"]
+        outputs = self(self.image_features(batch))
+        terms = self.loss_terms(outputs, labels)
+        loss = sum(terms.values())
+        if self.gradient_rule is not None:
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.gradient_rule(terms, [p for p in self.context.parameters() if p.requires_grad])
+            optimizer.step()
+        n = len(labels)
+        acc = (self.predict_proba(outputs.logits).argmax(-1) == labels).float().mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/acc", acc, prog_bar=True, batch_size=n)
+        if len(terms) > 1:
+            self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=n)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization:  # manual optimisation steps its own schedule
+            self.lr_schedulers().step()
 
     def configure_optimizers(self):
         params = [p for p in self.context.parameters() if p.requires_grad]
@@ -119,13 +165,19 @@ class PromptTuner(pl.LightningModule):
         self.acc.reset()
         self.macro_acc.reset()
         self._eval_text = None
-        if not self.context.conditional:
+        if not (self.context.conditional or self.context.stochastic):
             with torch.no_grad():
-                self._eval_text = self.context.text_features(self.clip)  # once per evaluation
+                self._eval_text = self.context.text_features(self.clip)[0]  # once per evaluation
+
+    def _eval_logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        if not self.context.conditional:
+            return self(image_features, self._eval_text).logits
+        per = max(1, self.eval_chunk // len(self.task.classnames))  # images per text pass
+        return torch.cat([self(chunk).logits for chunk in image_features.split(per)], dim=1)
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         with torch.no_grad():
-            probs = self.predict_proba(self(self.image_features(batch), self._eval_text))
+            probs = self.predict_proba(self._eval_logits(self.image_features(batch)))
         self.acc.update(probs, batch["label"])
         self.macro_acc.update(probs, batch["label"])
         self.log(f"{stage}/acc", self.acc, batch_size=len(batch["label"]))

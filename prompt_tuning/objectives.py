@@ -1,19 +1,128 @@
-"""Training objectives. An objective sees logits and labels (and later the frozen zero-shot features), never a
-method's internals."""
+"""Training objectives. An objective maps the module's `Outputs` and the labels to named loss terms; the
+module sums the terms (or hands them to a gradient rule). Objectives see logits, features and frozen
+zero-shot features, never a method's internals; the frozen features they need are computed once per class set
+(non-persistent buffers, so checkpoints stay context-only).
+
+Logits carry a leading set axis ``(M, B, C)`` (prompt sets or Monte-Carlo samples).
+"""
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from prompt_tuning.contexts.base import Task
+
+if TYPE_CHECKING:
+    from prompt_tuning.clip import FrozenCLIP
+    from prompt_tuning.module import Outputs
 
 
-class CrossEntropy:
-    """Cross-entropy averaged over prompt sets: ``mean_s CE(logits[s], labels)`` for logits ``(S, B, C)``.
+def set_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over sets: ``mean_m CE(logits[m], labels)`` for logits ``(M, B, C)``."""
+    m, b, c = logits.shape
+    return F.cross_entropy(logits.reshape(m * b, c), labels.repeat(m))
 
-    With one prompt set (CoOp) this is plain cross-entropy; with Monte-Carlo prompt samples it is the
-    Monte-Carlo estimate of the expected cross-entropy.
+
+class Objective(nn.Module):
+    """Base class: ``forward(outputs, labels) -> {name: loss term}``; `set_task` rebuilds frozen targets."""
+
+    def set_task(self, clip: FrozenCLIP, task: Task) -> None:
+        """Rebuild what depends on the class set (nothing by default)."""
+
+    def forward(self, outputs: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class CrossEntropy(Objective):
+    """Cross-entropy (CoOp, CoCoOp, ECO): ``{"ce": mean_m CE(logits[m], labels)}``."""
+
+    def forward(self, outputs: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"ce": set_cross_entropy(outputs.logits, labels)}
+
+
+class _ZeroShotTargets(Objective):
+    """Keeps the frozen hand-crafted-prompt text features ``(C, d)`` of the current class set."""
+
+    def __init__(self, clip: FrozenCLIP, task: Task):
+        super().__init__()
+        self.set_task(clip, task)
+
+    def set_task(self, clip: FrozenCLIP, task: Task) -> None:
+        self.register_buffer("zs_features", clip.encode_text(task.prompts()), persistent=False)
+
+
+class KnowledgeGuided(_ZeroShotTargets):
+    """KgCoOp (Yao et al., "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization", CVPR 2023,
+    arXiv:2303.13283): cross-entropy plus ``weight * (1 - mean_c cos(w_c, w_c^clip))``, the distance between the
+    learned class text features and those of the dataset's hand-crafted prompt.
+
+    This is the authors' code's form; for unit vectors ``1 - cos = ||w - w^clip||^2 / 2``, so it equals the
+    paper's mean squared L2 distance with half the weight.
+
+    Args:
+        weight: lambda (8.0 in the paper and code).
     """
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        s, b, c = logits.shape
-        return F.cross_entropy(logits.reshape(s * b, c), labels.repeat(s))
+    def __init__(self, clip: FrozenCLIP, task: Task, weight: float = 8.0):
+        super().__init__(clip, task)
+        self.weight = weight
+
+    def distance(self, text_features: torch.Tensor) -> torch.Tensor:
+        """``1 - mean cos`` between text features ``(S, C, d)`` (normalised) and the zero-shot ones."""
+        return 1.0 - (text_features * self.zs_features.to(text_features.dtype)).sum(-1).mean()
+
+    def forward(self, outputs: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "ce": set_cross_entropy(outputs.logits, labels),
+            "kg": self.weight * self.distance(outputs.text_features),
+        }
+
+
+class ZeroShotDistillation(_ZeroShotTargets):
+    """ProGrad's two losses (Zhu et al., "Prompt-aligned Gradient for Prompt Tuning", ICCV 2023,
+    arXiv:2205.14865): cross-entropy, and the KL divergence from zero-shot CLIP's predictions (hand-crafted
+    prompt) to the prompt's predictions, at temperature T (computed as the soft-target cross-entropy, as the
+    authors' code does: same gradient as the KL). With the `ProGrad` gradient rule the KL term only steers the
+    cross-entropy gradient; without it the two are summed (plain distillation).
+
+    Args:
+        temperature: T (1.0).
+    """
+
+    def __init__(self, clip: FrozenCLIP, task: Task, temperature: float = 1.0):
+        super().__init__(clip, task)
+        self.temperature = temperature
+        self.logit_scale = float(clip.logit_scale)
+
+    def forward(self, outputs: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        t = self.temperature
+        zs_logits = self.logit_scale * outputs.image_features @ self.zs_features.to(outputs.image_features.dtype).T
+        teacher = F.softmax(zs_logits / t, dim=-1)  # (B, C)
+        student = F.log_softmax(outputs.logits / t, dim=-1)  # (M, B, C)
+        kl = -(teacher * student).sum(-1).mean() * t * t
+        return {"ce": set_cross_entropy(outputs.logits, labels), "kl": kl}
+
+
+class MonteCarloLikelihood(Objective):
+    """Bayesian prompt learning's data term (Derakhshani et al., ICCV 2023, arXiv:2210.02390): the negative log of
+    the Monte-Carlo average likelihood, ``-mean_b log (1/M) sum_m p(y_b | x_b, r_m)``, as in the authors' code
+    (``estimator="log_mean_exp"``); ``estimator="mean_ce"`` averages the cross-entropy over samples instead.
+    The KL term comes from the context (its ``aux_loss``)."""
+
+    def __init__(self, estimator: str = "log_mean_exp"):
+        super().__init__()
+        if estimator not in ("log_mean_exp", "mean_ce"):
+            raise ValueError(f"estimator={estimator!r}: choose log_mean_exp or mean_ce")
+        self.estimator = estimator
+
+    def forward(self, outputs: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.estimator == "mean_ce":
+            return {"nll": set_cross_entropy(outputs.logits, labels)}
+        m = outputs.logits.shape[0]
+        log_p = outputs.logits.log_softmax(-1).gather(-1, labels.view(1, -1, 1).expand(m, -1, 1)).squeeze(-1)
+        return {"nll": -(torch.logsumexp(log_p, dim=0) - math.log(m)).mean()}

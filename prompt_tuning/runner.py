@@ -67,7 +67,8 @@ def build(cfg: DictConfig) -> Setup:
 
     context: Context = instantiate(cfg.method.context, clip=clip, task=train_task)
     objective = instantiate(cfg.method.objective, clip=clip, task=train_task)
-    module = PromptTuner(clip, context, train_task, objective, **_optim(cfg))
+    rule = instantiate(cfg.method.gradient_rule) if cfg.method.gradient_rule else None
+    module = PromptTuner(clip, context, train_task, objective, rule, **_optim(cfg))
     pre = clip.preprocess
     datamodule = PromptDataModule(
         train, val, [],

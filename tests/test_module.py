@@ -38,7 +38,7 @@ def test_logits_are_scaled_cosine_similarities(task):
     module = PromptTuner(clip, CoOp(clip, task, n_ctx=4), task)
     images = torch.randn(5, 3, 32, 32)
     img = clip.encode_images(images)
-    logits = module(img)
+    logits = module(img).logits
     prompts = module.context()
     txt = F.normalize(clip.encode_prompts(prompts.embeddings[0], prompts.eot_index), dim=-1)
     assert logits.shape == (1, 5, len(task.classnames))
@@ -66,7 +66,7 @@ def test_one_step_gradient_reaches_only_the_context(task):
     clip = build_tiny()
     module = PromptTuner(clip, CoOp(clip, task, n_ctx=4), task)
     batch = next(iter(_loader()))
-    module.training_step(batch, 0).backward()
+    module.training_step(batch, 0).backward()  # automatic optimisation: the step returns the loss
     assert module.context.ctx.grad is not None and module.context.ctx.grad.abs().sum() > 0
     assert all(p.grad is None for p in clip.model.parameters())
 
@@ -128,7 +128,7 @@ def test_test_accuracy_equals_a_manual_count(task):
     correct = 0
     with torch.no_grad():
         for batch in loader:
-            correct += (module(clip.encode_images(batch["image"]))[0].argmax(-1) == batch["label"]).sum().item()
+            correct += (module(clip.encode_images(batch["image"])).logits[0].argmax(-1) == batch["label"]).sum().item()
     assert math.isclose(out["test/acc"], correct / 40, abs_tol=1e-6)
 
 
@@ -145,12 +145,12 @@ def test_checkpoint_round_trip_holds_only_the_context_and_restores_logits(tmp_pa
     fresh = PromptTuner(clip, CoOp(clip, task, n_ctx=4), task)
     fresh.load_state_dict(torch.load(tmp_path / "ckpt.pt"), strict=True)
     img = clip.encode_images(torch.randn(3, 3, 32, 32))
-    assert torch.equal(fresh(img), trained(img))
+    assert torch.equal(fresh(img).logits, trained(img).logits)
 
 
 def test_set_task_rebinds_context_and_metrics(task):
     clip = build_tiny()
     module = PromptTuner(clip, CoOp(clip, task, n_ctx=4), task)
     module.set_task(Task(("cat", "dog")))
-    assert module(clip.encode_images(torch.randn(2, 3, 32, 32))).shape == (1, 2, 2)
+    assert module(clip.encode_images(torch.randn(2, 3, 32, 32))).logits.shape == (1, 2, 2)
     assert module.acc.num_classes == 2

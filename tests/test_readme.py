@@ -19,5 +19,5 @@ def test_readme_method_example_trains_one_step(tiny_clip):
     context = namespace["MyContext"](tiny_clip, task, scale=2.0)
     module = PromptTuner(tiny_clip, context, task)
     batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 0, 1])}
-    module.objective(module(module.image_features(batch)), batch["label"]).backward()
+    sum(module.loss_terms(module(module.image_features(batch)), batch["label"]).values()).backward()
     assert context.delta.grad is not None and context.delta.grad.abs().sum() > 0

@@ -45,10 +45,12 @@ class Task:
 
 @dataclass
 class Prompts:
-    """Prompt embeddings ``(S, C, L, D)`` and the end-of-text position of each class's prompt ``(C,)``."""
+    """Prompt embeddings ``(S, C, L, D)``, the end-of-text position of each class's prompt ``(C,)``, and an
+    optional extra loss the context adds to training (e.g. a variational prompt's weighted KL term)."""
 
     embeddings: torch.Tensor
     eot_index: torch.Tensor
+    aux_loss: torch.Tensor | None = None
 
 
 class Context(nn.Module):
@@ -58,10 +60,14 @@ class Context(nn.Module):
     schema, the YAML under ``configs/method/`` holds the paper's values) and implement `set_task` and `forward`.
 
     Attributes:
-        conditional: True when `forward` needs image features and returns one prompt set per image.
+        conditional: `forward` needs image features ``(B, d)`` and returns ``S = M * B`` prompt sets ordered
+            ``(m, b)``: set ``m * B + b`` prompts image ``b`` (M = 1 for CoCoOp, M samples for a conditional
+            variational context).
+        stochastic: `forward` draws random samples, so evaluation must not reuse class features across batches.
     """
 
     conditional: ClassVar[bool] = False
+    stochastic: ClassVar[bool] = False
 
     def set_task(self, clip: FrozenCLIP, task: Task) -> None:
         """(Re)build everything that depends on the class names; learned parameters are kept."""
@@ -71,12 +77,19 @@ class Context(nn.Module):
         """Prompt embeddings ``(S, C, L, D)``; ``image_features`` ``(B, d)`` for conditional contexts."""
         raise NotImplementedError
 
-    def text_features(self, clip: FrozenCLIP, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised class text features ``(S, C, d)``."""
+    def reduce(self, features: torch.Tensor) -> torch.Tensor:
+        """Combine the normalised text features of the sets ``(S, C, d)``; identity unless overridden (an
+        ensemble averages its members here, so it scores like a single prompt)."""
+        return features
+
+    def text_features(
+        self, clip: FrozenCLIP, image_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised class text features ``(S, C, d)`` (after `reduce`) and the context's auxiliary loss."""
         prompts = self(image_features)
         s, c, length, dim = prompts.embeddings.shape
         features = clip.encode_prompts(prompts.embeddings.reshape(s * c, length, dim), prompts.eot_index.repeat(s))
-        return F.normalize(features, dim=-1).view(s, c, -1)
+        return self.reduce(F.normalize(features, dim=-1).view(s, c, -1)), prompts.aux_loss
 
 
 def embed_prompts(clip: FrozenCLIP, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,8 @@ class CoOp(Context):
         class_token_position: ``end`` (``v_1..v_M CLASS.``), ``middle`` (``v_1..v_M/2 CLASS v_M/2+1..v_M.``) or
             ``front`` (``CLASS v_1..v_M.``).
         init_std: standard deviation of the random initialisation.
+        pad_init: with ``ctx_init``, keep ``n_ctx`` vectors and put the words' embeddings in the last ones,
+            zeros before (ProGrad's initialisation); otherwise ``n_ctx`` becomes the words' token count.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class CoOp(Context):
         csc: bool = False,
         class_token_position: str = "end",
         init_std: float = 0.02,
+        pad_init: bool = False,
     ):
         super().__init__()
         if class_token_position not in POSITIONS:
@@ -49,11 +52,17 @@ class CoOp(Context):
         n_cls = len(task.classnames)
         if ctx_init:
             words = ctx_init.replace("_", " ")
-            n_ctx = clip.n_tokens(words)
-            ctx = clip.token_embeddings(clip.tokenize(words))[0, 1 : 1 + n_ctx].clone()  # (n_ctx, D)
+            n_words = clip.n_tokens(words)
+            ctx = clip.token_embeddings(clip.tokenize(words))[0, 1 : 1 + n_words].clone()  # (n_words, D)
+            self.prefix_text = words
+            if pad_init:
+                if n_ctx < n_words:
+                    raise UserError(f"n_ctx={n_ctx} is shorter than ctx_init={ctx_init!r} ({n_words} tokens)")
+                ctx = torch.cat([ctx.new_zeros(n_ctx - n_words, ctx.shape[1]), ctx])
+                self.prefix_text = " ".join(["X"] * (n_ctx - n_words) + [words])
+            n_ctx = ctx.shape[0]
             if csc:
                 ctx = ctx.unsqueeze(0).repeat(n_cls, 1, 1)  # (n_cls, n_ctx, D)
-            self.prefix_text = words
         else:
             if n_ctx < 1:
                 raise UserError(f"n_ctx={n_ctx}: a context needs at least one vector")
@@ -85,13 +94,23 @@ class CoOp(Context):
             order = order.to(embeddings.device)
         self.register_buffer("order", order, persistent=False)  # (n_cls, L) or None
 
-    def forward(self, image_features: torch.Tensor | None = None) -> Prompts:
-        n_cls = self.token_prefix.shape[0]
-        ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.unsqueeze(0).expand(n_cls, -1, -1)
-        prompts = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)  # (n_cls, L, D), class at end
+    def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings ``(S, C, L, D)`` from context vectors shared by the classes of a set
+        ``(S, n_ctx, D)`` or class-specific ``(S, C, n_ctx, D)``."""
+        s = ctx.shape[0]
+        n_cls, _, dim = self.token_prefix.shape
+        if ctx.dim() == 3:
+            ctx = ctx.unsqueeze(1).expand(-1, n_cls, -1, -1)
+        prompts = torch.cat([
+            self.token_prefix.expand(s, -1, -1, -1), ctx, self.token_suffix.expand(s, -1, -1, -1)
+        ], dim=2)  # (S, C, L, D), class at the end
         if self.order is not None:
-            prompts = prompts.gather(1, self.order.unsqueeze(-1).expand(-1, -1, prompts.shape[-1]))
-        return Prompts(prompts.unsqueeze(0), self.eot_index)
+            index = self.order.view(1, n_cls, -1, 1).expand(s, -1, -1, dim)
+            prompts = prompts.gather(2, index)
+        return prompts
+
+    def forward(self, image_features: torch.Tensor | None = None) -> Prompts:
+        return Prompts(self.assemble(self.ctx.unsqueeze(0)), self.eot_index)
 
 
 def _reorder(name_lens: list[int], n_ctx: int, length: int, position: str) -> torch.Tensor:
