@@ -41,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", metavar="key=value", help="changes to the run's config, e.g. dataset=...")
     e.add_argument("--checkpoint", help="checkpoint file (default: RUN/checkpoints/last.ckpt)")
 
+    ds = sub.add_parser("datasets", help="list, check or prepare benchmark datasets")
+    dsub = ds.add_subparsers(dest="action", required=True)
+    dsub.add_parser("list", help="the dataset configs and where each expects its folder")
+    c = dsub.add_parser("check", help="validate a dataset folder: counts, missing/unreadable images, classes")
+    c.add_argument("name", help="a configs/dataset name, or a dataset folder")
+    c.add_argument("--root", help="the data root holding the dataset folders (default: data.root)")
+    c.add_argument("--no-decode", action="store_true", help="skip decoding every image (faster)")
+    pr = dsub.add_parser("prepare", help="download with torchvision and write a split file (or print manual steps)")
+    pr.add_argument("name")
+    pr.add_argument("--root", required=True, help="the data root to create the dataset folder in")
+    pr.add_argument("--seed", type=int, default=1, help="seed of the per-class train/val/test split")
+
     d = sub.add_parser("demo", help="offline demo: generated shapes, tiny random CLIP, zero-shot vs CoOp")
     d.add_argument("--workdir", help="keep the generated data and outputs here (default: a temporary folder)")
     d.add_argument("--shots", type=int, default=16)
@@ -72,6 +84,29 @@ def _eval(args) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def _datasets(args) -> int:
+    from prompt_tuning.config import compose, group_options
+
+    if args.action == "list":
+        for name in group_options("dataset"):
+            cfg = compose([f"dataset={name}", "model=tiny"])
+            root = cfg.dataset.init_args.get("root", "")
+            print(f"{name:16s} {cfg.dataset.n_classes or '?':>5} classes  {root}")
+        return 0
+    if args.action == "prepare":
+        from prompt_tuning.data.prepare import prepare
+
+        prepare(args.name, args.root, seed=args.seed)
+        return 0
+    from prompt_tuning.data.check import check_dataset
+
+    overrides = [f"dataset={args.name}", "model=tiny"] + ([f"data.root={args.root}"] if args.root else [])
+    cfg = compose(overrides)
+    report = check_dataset(cfg.dataset, cfg.dataset.n_classes, decode=not args.no_decode)
+    print(report.format())
+    return 1 if report.problems else 0
+
+
 def _demo(args) -> None:
     from prompt_tuning.demo import format_table, run_demo
 
@@ -85,7 +120,8 @@ def _demo(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "eval": _eval, "demo": _demo}[args.command](args)
+        code = {"train": _train, "eval": _eval, "demo": _demo, "datasets": _datasets}[args.command](args)
+        return code or 0
     except UserError as e:
         if args.debug:
             raise
@@ -94,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

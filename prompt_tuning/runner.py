@@ -17,7 +17,8 @@ from prompt_tuning.config import instantiate, run_hash
 from prompt_tuning.contexts.base import Context, Task
 from prompt_tuning.data.datamodule import PromptDataModule
 from prompt_tuning.data.datasets import Item, classnames_of
-from prompt_tuning.data.protocols import few_shot_splits, subsample_classes
+from prompt_tuning.data.fewshot_cache import cached_few_shot
+from prompt_tuning.data.protocols import subsample_classes
 from prompt_tuning.data.transforms import eval_transform, train_transform
 from prompt_tuning.errors import UserError
 from prompt_tuning.module import PromptTuner
@@ -57,7 +58,7 @@ def build(cfg: DictConfig) -> Setup:
     names = classnames_of(splits["train"] + splits["val"] + splits["test"], f"dataset {dataset.name}")
 
     shots = cfg.protocol.shots
-    train, val = few_shot_splits(splits["train"], splits["val"], shots, cfg.seed)
+    train, val = cached_few_shot(dataset, splits["train"], splits["val"], shots, cfg.seed)
     train, val = subsample_classes(train, val, subsample=cfg.protocol.subsample)
     train_task = Task(_names(names, cfg.protocol.subsample), dataset.template)
     eval_sets = {}
@@ -154,6 +155,11 @@ def train(cfg: DictConfig) -> dict:
     max_epochs = setup.module.schedule["max_epochs"]
     trainer = make_trainer(cfg, run_dir, max_epochs)
     if setup.module.trainable:
+        if not setup.datamodule.train_items:
+            raise UserError(
+                f"dataset {cfg.dataset.name} has no training images (a test-only dataset?): train on another "
+                f"dataset and test here with `prompt-tuning eval RUN dataset={cfg.dataset.name}`"
+            )
         trainer.fit(setup.module, datamodule=setup.datamodule)
     metrics = evaluate(setup, trainer)
     result = {

@@ -94,4 +94,9 @@ def test_subsample_uses_the_first_split_labels_for_all_splits():
 
 def test_unknown_subsample_is_a_user_error():
     with pytest.raises(UserError, match="all, base, novel"):
-        subsample_classes([], subsample="new")
+        subsample_classes([], subsample="newer")
+
+
+def test_reference_name_new_is_an_alias_of_novel():
+    train = _items(n_classes=4, per_class=2)
+    assert subsample_classes(train, subsample="new") == subsample_classes(train, subsample="novel")

@@ -65,15 +65,17 @@ class SplitFile:
         name: str | None = None,
     ):
         self.root = Path(root).expanduser()
-        self.split_file = self.root / split_file
-        self.image_dir = self.root / image_dir
+        self.split_file = self.root / str(split_file)
+        self.image_dir = self.root / str(image_dir)
+        self.fewshot_dir = self.root / "split_fewshot"
         self.template = template
         self.name = name or self.root.name
 
-    def load(self) -> dict[str, list[Item]]:
-        """Items of ``train``, ``val`` and ``test``; checks that every listed image exists."""
+    def load(self, verify: bool = True) -> dict[str, list[Item]]:
+        """Items of ``train``, ``val`` and ``test``; with ``verify``, checks that every listed image exists."""
         if not self.root.is_dir():
-            raise UserError(f"dataset root {self.root} does not exist (set dataset.init_args.root or PT_DATA_ROOT)")
+            raise UserError(f"dataset folder {self.root} does not exist; set data.root (or PT_DATA_ROOT) to the folder "
+                            "that holds it, or dataset.init_args.root to the folder itself")
         if not self.split_file.is_file():
             raise UserError(f"split file {self.split_file} does not exist")
         try:
@@ -92,7 +94,8 @@ class SplitFile:
                     f"split file {self.split_file}: '{split}' must be a list of [path, label, classname] ({e})"
                 ) from e
             splits[split] = items
-        check_exist(splits, str(self.split_file))
+        if verify:
+            check_exist(splits, str(self.split_file))
         return splits
 
 
@@ -107,6 +110,8 @@ class ImageFolder:
 
     def __init__(self, root: str, template: str = "a photo of a {}.", name: str | None = None):
         self.root = Path(root).expanduser()
+        self.image_dir = self.root
+        self.fewshot_dir = self.root / "split_fewshot"
         self.template = template
         self.name = name or self.root.name
 
@@ -157,6 +162,7 @@ class Folder:
             )
         self.template = template
         self.name = self._impl.name
+        self.root, self.image_dir, self.fewshot_dir = self._impl.root, self._impl.image_dir, self._impl.fewshot_dir
 
     def load(self) -> dict[str, list[Item]]:
         return self._impl.load()

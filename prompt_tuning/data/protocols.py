@@ -68,8 +68,10 @@ def few_shot_splits(train: Sequence[Item], val: Sequence[Item], shots: int, seed
 def subsample_classes(*splits: Sequence[Item], subsample: str = "all") -> list[list[Item]]:
     """Keep the base or novel half of the classes and relabel them from 0 (CoCoOp's base-to-novel split).
 
-    Labels of the first split are sorted; the first ``ceil(n / 2)`` are base, the rest novel.
+    Labels of the first split are sorted; the first ``ceil(n / 2)`` are base, the rest novel (the reference code
+    calls them ``new``; that name is accepted too).
     """
+    subsample = "novel" if subsample == "new" else subsample
     if subsample not in SUBSAMPLES:
         raise UserError(f"protocol.subsample={subsample!r}: choose one of {', '.join(SUBSAMPLES)}")
     if subsample == "all":

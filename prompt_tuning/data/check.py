@@ -1,0 +1,73 @@
+"""`prompt-tuning datasets check`: validate a dataset folder and name everything that is wrong."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from prompt_tuning.config import instantiate
+from prompt_tuning.data.datasets import classnames_of
+from prompt_tuning.errors import UserError
+
+
+@dataclass
+class Report:
+    """Counts per split and the problems found."""
+
+    name: str
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # split -> (images, classes)
+    n_classes: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        lines = [f"dataset {self.name}"]
+        for split, (images, classes) in self.counts.items():
+            lines.append(f"  {split:5s} {images:8d} images  {classes:5d} classes")
+        if self.n_classes is not None:
+            lines.append(f"  classes: {self.n_classes}")
+        lines += [f"  PROBLEM: {p}" for p in self.problems] or ["  no problems found"]
+        return "\n".join(lines)
+
+
+def check_dataset(spec, expected_classes: int | None = None, decode: bool = True, progress: bool = True) -> Report:
+    """Load the dataset of ``spec`` (a ``{class_path, init_args}`` config) without stopping at the first
+    problem, and report counts, missing and unreadable images, label/name clashes and the class count."""
+    report = Report(name=str(spec.get("init_args", {}).get("root", spec["class_path"])))
+    try:
+        dataset = instantiate(spec)
+        load = dataset.load
+        splits = load(verify=False) if "verify" in inspect.signature(load).parameters else load()
+    except UserError as e:
+        report.problems.append(str(e))
+        return report
+    all_items = [it for items in splits.values() for it in items]
+    for split, items in splits.items():
+        report.counts[split] = (len(items), len({it.label for it in items}))
+    try:
+        report.n_classes = len(classnames_of(all_items, report.name))
+    except UserError as e:
+        report.problems.append(str(e))
+    if expected_classes is not None and report.n_classes not in (None, expected_classes):
+        report.problems.append(f"{report.n_classes} classes found, {expected_classes} expected")
+    if not splits.get("test"):
+        report.problems.append("the test split is empty")
+    paths = sorted({it.path for it in all_items})
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        report.problems.append(f"{len(missing)} images do not exist, e.g. {', '.join(missing[:3])}")
+    if decode:
+        broken = []
+        present = [p for p in paths if Path(p).is_file()]
+        for path in tqdm(present, desc="decoding images", disable=not progress, unit="img"):
+            try:
+                with Image.open(path) as im:
+                    im.verify()
+            except Exception as e:  # noqa: BLE001 - any decoder failure means the image is unusable
+                broken.append(f"{path} ({type(e).__name__})")
+        if broken:
+            report.problems.append(f"{len(broken)} images cannot be decoded, e.g. {', '.join(broken[:3])}")
+    return report
