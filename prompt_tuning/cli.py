@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--root", required=True, help="the data root to create the dataset folder in")
     pr.add_argument("--seed", type=int, default=1, help="seed of the per-class train/val/test split")
 
+    sub.add_parser("bench", help="time our path against the reference recipe (see prompt_tuning/bench.py)",
+                   add_help=False)
+
     d = sub.add_parser("demo", help="offline demo: generated shapes, tiny random CLIP, zero-shot vs CoOp")
     d.add_argument("--workdir", help="keep the generated data and outputs here (default: a temporary folder)")
     d.add_argument("--shots", type=int, default=16)
@@ -118,6 +121,11 @@ def _demo(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own options: prompt-tuning bench --help
+        from prompt_tuning.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         code = {"train": _train, "eval": _eval, "demo": _demo, "datasets": _datasets}[args.command](args)

@@ -28,7 +28,7 @@ from prompt_tuning.errors import UserError, close_matches
 
 GROUPS = ("model", "method", "dataset", "protocol")
 INJECTED = {"clip", "task"}  # constructor arguments the runner provides, never set in a config
-NOT_HASHED = ("output_dir", "runtime")  # keys that do not change a run's numbers
+NOT_HASHED = ("output_dir", "runtime", "resume")  # keys that do not change a run's numbers
 
 
 def config_dir() -> Path:
@@ -247,8 +247,8 @@ def compose_from_run(run_dir: str | Path, args: list[str] | tuple[str, ...] = ()
         key, sep, value = arg.partition("=")
         if not sep:
             raise UserError(f"argument {arg!r} is not of the form key=value")
-        if key in GROUPS:
-            cfg[key] = _group_config(key, value, root)
+        if key in GROUPS:  # the group's defaults, then its file
+            cfg[key] = OmegaConf.merge(_load_yaml(root / "defaults.yaml")[key], _group_config(key, value, root))
         else:
             overrides.append((key, value))
     OmegaConf.set_struct(cfg, True)

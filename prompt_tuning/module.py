@@ -82,12 +82,14 @@ class PromptTuner(pl.LightningModule):
         self.schedule = dict(max_epochs=max_epochs, warmup_epochs=warmup_epochs, lr=lr, warmup_lr=warmup_lr)
         self.eval_chunk = eval_chunk
         self._eval_text: torch.Tensor | None = None
+        self._fixed_text: torch.Tensor | None = None  # class features of a context with nothing to learn
         self.set_task(task)
 
     # ------------------------------------------------------------------------------------------ class sets
     def set_task(self, task: Task) -> None:
         """Point the context, the objective and the metrics at another class set."""
         self.task = task
+        self._fixed_text = None
         self.context.set_task(self.clip, task)
         self.objective.set_task(self.clip, task)
         n = len(task.classnames)
@@ -166,8 +168,12 @@ class PromptTuner(pl.LightningModule):
         self.macro_acc.reset()
         self._eval_text = None
         if not (self.context.conditional or self.context.stochastic):
-            with torch.no_grad():
-                self._eval_text = self.context.text_features(self.clip)[0]  # once per evaluation
+            if self._fixed_text is None:
+                with torch.no_grad():
+                    self._eval_text = self.context.text_features(self.clip)[0]  # once per evaluation
+                if not self.trainable:  # zero-shot: once in total for this class set
+                    self._fixed_text = self._eval_text
+            self._eval_text = self._fixed_text if self._fixed_text is not None else self._eval_text
 
     def _eval_logits(self, image_features: torch.Tensor) -> torch.Tensor:
         if not self.context.conditional:

@@ -5,22 +5,26 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
 
 from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.config import instantiate, run_hash
 from prompt_tuning.contexts.base import Context, Task
-from prompt_tuning.data.datamodule import PromptDataModule
+from prompt_tuning.data.datamodule import ImageDataset, PromptDataModule
 from prompt_tuning.data.datasets import Item, classnames_of
 from prompt_tuning.data.fewshot_cache import cached_few_shot
 from prompt_tuning.data.protocols import subsample_classes
 from prompt_tuning.data.transforms import eval_transform, train_transform
 from prompt_tuning.errors import UserError
+from prompt_tuning.features import FeatureCache, FeatureDataset
+from prompt_tuning.locks import RunLock
 from prompt_tuning.module import PromptTuner
 from prompt_tuning.results import CONFIG_FILE, RESULT_FILE, harmonic_mean, versions, write_atomic, write_json
 
@@ -37,6 +41,8 @@ class Setup:
     datamodule: PromptDataModule
     train_task: Task
     eval_sets: dict[str, tuple[Task, list]]  # subset name -> (task, test items)
+    eval_dataset: Callable[[list[Item]], Dataset]  # items -> dataset of images or cached features
+    seed: int = 0
 
 
 def quiet_lightning() -> None:
@@ -47,6 +53,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*No pretrained weights loaded.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own deprecation, not the user's concern
+    warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # expected when resuming
 
 
 def build(cfg: DictConfig) -> Setup:
@@ -58,6 +65,8 @@ def build(cfg: DictConfig) -> Setup:
     names = classnames_of(splits["train"] + splits["val"] + splits["test"], f"dataset {dataset.name}")
 
     shots = cfg.protocol.shots
+    if shots == 0 or shots < -1:
+        raise UserError(f"protocol.shots={shots}: give the images per class (1, 2, 4, 8, 16...) or -1 for all")
     train, val = cached_few_shot(dataset, splits["train"], splits["val"], shots, cfg.seed)
     train, val = subsample_classes(train, val, subsample=cfg.protocol.subsample)
     train_task = Task(_names(names, cfg.protocol.subsample), dataset.template)
@@ -70,17 +79,40 @@ def build(cfg: DictConfig) -> Setup:
     objective = instantiate(cfg.method.objective, clip=clip, task=train_task)
     rule = instantiate(cfg.method.gradient_rule) if cfg.method.gradient_rule else None
     module = PromptTuner(clip, context, train_task, objective, rule, **_optim(cfg))
-    pre = clip.preprocess
+    eval_dataset, train_set = _datasets(cfg, clip, context, train)
     datamodule = PromptDataModule(
-        train, val, [],
-        train_transform(pre, tuple(cfg.data.crop_scale)) if cfg.data.augment else eval_transform(pre),
-        eval_transform(pre),
+        train_set, eval_dataset(val) if cfg.trainer.check_val_every_n_epoch else None, None,
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.runtime.num_workers,
         seed=cfg.seed,
     )
-    return Setup(clip, module, datamodule, train_task, eval_sets)
+    return Setup(clip, module, datamodule, train_task, eval_sets, eval_dataset, cfg.seed)
+
+
+def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[Item]):
+    """How images reach the module: raw images, or frozen features from the cache when the method allows it."""
+    pre = clip.preprocess
+    eval_tf = eval_transform(pre)
+    train_tf = train_transform(pre, tuple(cfg.data.crop_scale)) if cfg.data.augment else eval_tf
+    if not (cfg.runtime.feature_cache and context.frozen_image_tower):
+        return (lambda items: ImageDataset(items, eval_tf)), (ImageDataset(train, train_tf) if train else None)
+    cache = FeatureCache(Path(cfg.runtime.cache_dir) / "features", cfg.data.feature_dtype,
+                         cfg.data.eval_batch_size, bool(cfg.runtime.progress))
+
+    def eval_dataset(items: list[Item]) -> Dataset:
+        return FeatureDataset(cache.features(clip, items, eval_tf), [it.label for it in items])
+
+    if not train:
+        return eval_dataset, None
+    labels = [it.label for it in train]
+    if not cfg.data.augment:  # the training images are fixed: their features are too
+        return eval_dataset, eval_dataset(train)
+    if cfg.data.cache_views > 0:
+        views = torch.stack([cache.features(clip, train, train_tf, view=v + 1, seed=cfg.seed)
+                             for v in range(cfg.data.cache_views)])
+        return eval_dataset, FeatureDataset(views, labels)
+    return eval_dataset, ImageDataset(train, train_tf)  # exact: a fresh augmentation every step
 
 
 def _names(names: list[str], subsample: str) -> list[str]:
@@ -104,11 +136,23 @@ def _optim(cfg: DictConfig) -> dict:
                 warmup_epochs=o.warmup_epochs, warmup_lr=o.warmup_lr)
 
 
+class EpochSeed(pl.Callback):
+    """Reseed every random generator at the start of each epoch from ``(seed, epoch)``: augmentations and
+    Monte-Carlo samples of epoch e are then the same whether or not the run was resumed before it."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl.seed_everything(self.seed * 1000 + trainer.current_epoch, workers=True, verbose=False)
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path | None, max_epochs: int) -> pl.Trainer:
-    callbacks = []
+    callbacks = [EpochSeed(cfg.seed)]
     if run_dir is not None:
-        callbacks.append(pl.callbacks.ModelCheckpoint(
-            dirpath=run_dir / CKPT_DIR, save_last=True, save_top_k=0, every_n_epochs=1
+        callbacks.append(pl.callbacks.ModelCheckpoint(  # the latest epoch, always as last.ckpt
+            dirpath=run_dir / CKPT_DIR, filename=LAST_CKPT.removesuffix(".ckpt"), save_top_k=1, monitor=None,
+            every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False,
         ))
     return pl.Trainer(
         max_epochs=max_epochs,
@@ -132,8 +176,9 @@ def evaluate(setup: Setup, trainer: pl.Trainer) -> dict[str, float]:
     """Test accuracy on every evaluation subset; base and novel also give their harmonic mean."""
     metrics = {}
     for name, (task, items) in setup.eval_sets.items():
+        pl.seed_everything(setup.seed, workers=True, verbose=False)  # stochastic contexts sample alike
         setup.module.set_task(task)
-        setup.datamodule.test_items = items
+        setup.datamodule.test_set = setup.eval_dataset(items)
         out = trainer.test(setup.module, datamodule=setup.datamodule, verbose=False)[0]
         prefix = "" if name == "all" else f"{name}_"
         metrics[f"{prefix}acc"] = 100.0 * float(out["test/acc"])
@@ -145,22 +190,50 @@ def evaluate(setup: Setup, trainer: pl.Trainer) -> dict[str, float]:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train (unless the method has nothing to learn), test, and write ``result.json`` + ``config.yaml``."""
-    quiet_lightning()
-    start = time.time()
+    """Train (unless the method has nothing to learn), test, and write ``result.json`` + ``config.yaml``.
+
+    The run folder is locked while it trains; with ``resume=true`` a killed run continues from
+    ``checkpoints/last.ckpt`` and ends with the numbers of an uninterrupted run.
+    """
     run_dir = Path(cfg.output_dir)
     config_hash = run_hash(cfg)
-    write_atomic(run_dir / CONFIG_FILE, f"# run hash: {config_hash}\n" + OmegaConf.to_yaml(cfg))
+    with RunLock(run_dir):
+        previous = saved_hash(run_dir)
+        write_atomic(run_dir / CONFIG_FILE, f"# run hash: {config_hash}\n" + OmegaConf.to_yaml(cfg))
+        return _train(cfg, run_dir, config_hash, previous)
+
+
+def saved_hash(run_dir: Path) -> str | None:
+    """The run hash recorded in a run folder's config.yaml, if any."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    first = path.read_text().partition("\n")[0]
+    return first.removeprefix("# run hash: ") if first.startswith("# run hash: ") else None
+
+
+def _train(cfg: DictConfig, run_dir: Path, config_hash: str, previous_hash: str | None) -> dict:
+    quiet_lightning()
+    start = time.time()
     setup = build(cfg)
     max_epochs = setup.module.schedule["max_epochs"]
     trainer = make_trainer(cfg, run_dir, max_epochs)
     if setup.module.trainable:
-        if not setup.datamodule.train_items:
+        if setup.datamodule.train_set is None:
             raise UserError(
                 f"dataset {cfg.dataset.name} has no training images (a test-only dataset?): train on another "
                 f"dataset and test here with `prompt-tuning eval RUN dataset={cfg.dataset.name}`"
             )
-        trainer.fit(setup.module, datamodule=setup.datamodule)
+        last = run_dir / CKPT_DIR / LAST_CKPT
+        if cfg.resume and last.is_file():
+            if previous_hash != config_hash:
+                raise UserError(f"cannot resume from {last}: it was written by another configuration "
+                                f"(run hash {previous_hash}, this one {config_hash}); drop resume=true to start over")
+        else:
+            for stale in (run_dir / CKPT_DIR).glob("*.ckpt"):  # a fresh run never continues old weights
+                stale.unlink()
+        trainer.fit(setup.module, datamodule=setup.datamodule,
+                    ckpt_path=str(last) if cfg.resume and last.is_file() else None)
     metrics = evaluate(setup, trainer)
     result = {
         "method": cfg.method.name,
@@ -189,9 +262,10 @@ def load_context_state(module: PromptTuner, checkpoint: str | Path) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
+        detail = " ".join(str(e).split())  # torch's message spans lines
         raise UserError(
             f"checkpoint {path} does not fit this method/class set "
-            f"({type(module.context).__name__}, {len(module.task.classnames)} classes): {e}"
+            f"({type(module.context).__name__}, {len(module.task.classnames)} classes): {detail}"
         ) from e
 
 

@@ -20,6 +20,15 @@ def build_tiny(seed: int = 0) -> FrozenCLIP:
     return FrozenCLIP.build("tiny", None, arch=json.loads(TINY_ARCH.read_text()))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache_in_tmp(tmp_path_factory):
+    """Keep the feature cache of every run in the test session's temporary folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_clip() -> FrozenCLIP:
     return build_tiny()

@@ -107,7 +107,8 @@ def test_train_loader_is_seeded_and_drops_the_last_partial_batch(tmp_path):
     items = SplitFile(str(root), "split_toy.json").load()["train"]  # 10 items
 
     def order(seed):
-        dm = PromptDataModule(items, items, items, eval_transform(PRE), eval_transform(PRE), batch_size=4, seed=seed)
+        data = ImageDataset(items, eval_transform(PRE))
+        dm = PromptDataModule(data, data, data, batch_size=4, seed=seed)
         return [b["label"].tolist() for b in dm.train_dataloader()]
 
     assert order(1) == order(1)

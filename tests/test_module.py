@@ -154,3 +154,18 @@ def test_set_task_rebinds_context_and_metrics(task):
     module.set_task(Task(("cat", "dog")))
     assert module(clip.encode_images(torch.randn(2, 3, 32, 32))).logits.shape == (1, 2, 2)
     assert module.acc.num_classes == 2
+
+
+def test_zero_shot_class_features_are_computed_once_in_total(task):
+    from prompt_tuning.contexts.zeroshot import ZeroShot
+
+    clip = build_tiny()
+    module = PromptTuner(clip, ZeroShot(clip, task), task)
+    calls = []
+    module.context.register_forward_hook(lambda *a: calls.append(1))
+    for _ in range(3):
+        _trainer().test(module, dataloaders=_loader(n=16, batch=8), verbose=False)
+    assert len(calls) == 1
+    module.set_task(Task(("cat", "dog")))  # another class set needs its own features
+    _trainer().test(module, dataloaders=_loader(n=16, n_cls=2, batch=8), verbose=False)
+    assert len(calls) == 2

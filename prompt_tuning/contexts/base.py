@@ -64,10 +64,13 @@ class Context(nn.Module):
             ``(m, b)``: set ``m * B + b`` prompts image ``b`` (M = 1 for CoCoOp, M samples for a conditional
             variational context).
         stochastic: `forward` draws random samples, so evaluation must not reuse class features across batches.
+        frozen_image_tower: the method leaves the image encoder untouched, so image features may be cached
+            (a method with visual prompts sets this to False and always sees images).
     """
 
     conditional: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
+    frozen_image_tower: ClassVar[bool] = True
 
     def set_task(self, clip: FrozenCLIP, task: Task) -> None:
         """(Re)build everything that depends on the class names; learned parameters are kept."""

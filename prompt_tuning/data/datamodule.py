@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prompt_tuning.data.datasets import Item
 from prompt_tuning.errors import UserError
@@ -33,12 +33,29 @@ class ImageDataset(Dataset):
         return {"image": self.transform(image), "label": item.label}
 
 
+class EpochShuffle(Sampler):
+    """A random order drawn from ``(seed, epoch)`` alone (Lightning calls `set_epoch`), so a run resumed at
+    epoch e shuffles exactly as the uninterrupted run did."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 class PromptDataModule(pl.LightningDataModule):
-    """Train / val / test loaders over fixed item lists.
+    """Train / val / test loaders over ready datasets (images, or cached features).
 
     Args:
-        train, val, test: items of each stage (``test`` is the set currently evaluated).
-        train_transform, eval_transform: image transforms.
+        train, val, test: the datasets of each stage (``test`` is the set currently evaluated).
         batch_size: training batch (CoOp: 32); the last partial batch is dropped when the set holds at
             least one full batch, as in Dassl.
         eval_batch_size: evaluation batch.
@@ -48,42 +65,37 @@ class PromptDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train: list[Item],
-        val: list[Item],
-        test: list[Item],
-        train_transform: Callable,
-        eval_transform: Callable,
+        train: Dataset | None,
+        val: Dataset | None,
+        test: Dataset | None,
         batch_size: int = 32,
         eval_batch_size: int = 100,
         num_workers: int = 0,
         seed: int = 0,
     ):
         super().__init__()
-        self.train_items, self.val_items, self.test_items = train, val, test
-        self.train_tf, self.eval_tf = train_transform, eval_transform
+        self.train_set, self.val_set, self.test_set = train, val, test
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
 
-    def _loader(self, items: list[Item], train: bool) -> DataLoader:
-        if not items:
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        if dataset is None or len(dataset) == 0:
             raise UserError("an empty split cannot be loaded; check the dataset and protocol")
-        generator = torch.Generator().manual_seed(self.seed) if train else None
         return DataLoader(
-            ImageDataset(items, self.train_tf if train else self.eval_tf),
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train and len(items) >= self.batch_size,
+            sampler=EpochShuffle(len(dataset), self.seed) if train else None,
+            drop_last=train and len(dataset) >= self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_items, train=True)
+        return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_items, train=False)
+        return self._loader(self.val_set, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_items, train=False)
+        return self._loader(self.test_set, train=False)

@@ -1,0 +1,269 @@
+"""`prompt-tuning bench`: our training step and evaluation against the reference recipe, side by side.
+
+The reference recipe (CoOp/CoCoOp-style code) runs the image encoder at every step, the text encoder over all
+77 token positions, and recomputes every class's text features for every test batch. Ours runs the text
+encoder only up to the last end-of-text token (bit-identical), computes class features once per evaluation, and
+serves frozen image features from the cache. Both paths start from the same context vectors and images; the
+benchmark checks that they give the same logits.
+
+Random weights are fine for timing (the architecture sets the cost). Figures are medians over ``--repeats``
+training steps; each evaluation is timed once. Memory: the peak allocated on CUDA; on CPU the activations a
+training step keeps for its backward pass (the part the two paths differ in; process-wide RSS cannot separate
+them).
+
+    prompt-tuning bench --classes 100 --json bench.json
+    python -m prompt_tuning.bench --model ViT-B-16 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from prompt_tuning.clip import FrozenCLIP
+from prompt_tuning.contexts.base import Task
+from prompt_tuning.contexts.coop import CoOp
+from prompt_tuning.data.transforms import eval_transform, train_transform
+from prompt_tuning.errors import UserError
+
+
+def _timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+class _SavedBytes:
+    """Bytes of the tensors autograd saves for backward while active (activation memory of a step)."""
+
+    def __init__(self):
+        self.total = 0
+        self._seen: set[int] = set()
+
+    def pack(self, t: torch.Tensor):
+        key = t.untyped_storage().data_ptr()
+        if key not in self._seen:
+            self._seen.add(key)
+            self.total += t.untyped_storage().nbytes()
+        return t
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+def reference_text_features(clip: FrozenCLIP, embeddings77: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """The reference TextEncoder: all 77 positions through open_clip's own transformer."""
+    m = clip.model
+    x = embeddings77 + m.positional_embedding
+    x = m.transformer(x, attn_mask=m.attn_mask)
+    x = m.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot] @ m.text_projection
+    return F.normalize(x, dim=-1)
+
+
+def run(classes: int = 100, shots: int = 16, model: str = "ViT-B-16", device: str = "cpu", repeats: int = 3,
+        batch: int = 32, test_per_class: int = 1, eval_batch: int = 50, seed: int = 0, log=print) -> dict:
+    """Measure both paths; returns the figures (see `main` for the printed table)."""
+    torch.manual_seed(seed)
+    log(f"building {model} (random weights) on {device} ...")
+    arch = model if model.endswith(".json") else None
+    clip = FrozenCLIP.build(model if arch is None else Path(model).stem, None, arch=arch).to(device)
+    names = tuple(f"synthetic object number {i}" for i in range(classes))
+    task = Task(names)
+    coop = CoOp(clip, task, n_ctx=16).to(device)
+    ctx0 = coop.ctx.detach().clone()
+    size = clip.preprocess.image_size
+    g = torch.Generator().manual_seed(seed)
+    pil = [Image.fromarray(torch.randint(0, 256, (size + 32, size + 32, 3), generator=g, dtype=torch.uint8).numpy())
+           for _ in range(batch)]
+    labels = torch.arange(batch, device=device) % classes
+    train_tf, eval_tf = train_transform(clip.preprocess), eval_transform(clip.preprocess)
+
+    # the reference prompt: SOS, context, then the class tokens and padding up to 77 positions
+    tokens = clip.tokenize([f"{coop.prefix_text} {n}." for n in names])
+    full = clip.token_embeddings(tokens)
+    eot = clip.eot_index(tokens)
+
+    def ref_prompts(ctx):
+        return torch.cat([full[:, :1], ctx.unsqueeze(0).expand(classes, -1, -1), full[:, 1 + coop.n_ctx :]], 1)
+
+    def augmented_batch():
+        return torch.stack([train_tf(im) for im in pil]).to(device)
+
+    def sgd_step(loss, params):
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, gr in zip(params, grads):
+                p.sub_(0.002 * gr)
+
+    logit_scale = clip.logit_scale
+
+    def step_reference():
+        img = clip.encode_images(augmented_batch())
+        txt = reference_text_features(clip, ref_prompts(coop.ctx), eot)
+        sgd_step(F.cross_entropy(logit_scale * img @ txt.T, labels), [coop.ctx])
+
+    def step_ours(img=None):
+        img = clip.encode_images(augmented_batch()) if img is None else img
+        txt = coop.text_features(clip)[0][0]
+        sgd_step(F.cross_entropy(logit_scale * img @ txt.T, labels), [coop.ctx])
+
+    # equality of the two paths on the same inputs
+    with torch.no_grad():
+        img = clip.encode_images(torch.stack([eval_tf(im) for im in pil]).to(device))
+        ours_logits = logit_scale * img @ coop.text_features(clip)[0][0].T
+        ref_logits = logit_scale * img @ reference_text_features(clip, ref_prompts(coop.ctx), eot).T
+    diff = (ours_logits - ref_logits).abs().max().item()
+    log(f"logits max abs diff (ours vs reference): {diff}")
+
+    def train_times(fn, label) -> tuple[float, float]:
+        """Median step time, and the memory of the first step (see module doc)."""
+        times, memory = [], 0.0
+        for r in range(repeats):
+            coop.ctx.data.copy_(ctx0)
+            if r == 0 and device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            with _SavedBytes() as saved:
+                t, _ = _timed(fn, device)
+            if r == 0:
+                cuda = device.startswith("cuda")
+                memory = (torch.cuda.max_memory_allocated() if cuda else saved.total) / 2**20
+            times.append(t)
+            log(f"  {label}: step {r + 1}/{repeats} {t:.2f} s")
+        return statistics.median(times), memory
+
+    log(f"training step, CoOp, batch {batch}, {classes} classes:")
+    t_ref, mem_ref = train_times(step_reference, "reference")
+    t_exact, mem_ours = train_times(step_ours, "ours, exact (fresh augmentation)")
+    cached_img = clip.encode_images(augmented_batch())  # stands for a cached view
+    t_cached, _ = train_times(lambda: step_ours(cached_img), "ours, cached views")
+
+    n_test = classes * test_per_class
+    test = torch.randint(0, 256, (n_test, 3, size, size), generator=g, dtype=torch.uint8).float().div(255).to(device)
+    batches = test.split(eval_batch)
+    log(f"evaluation, {n_test} test images in batches of {eval_batch}:")
+
+    def eval_reference():
+        with torch.no_grad():
+            for b in batches:
+                txt = reference_text_features(clip, ref_prompts(coop.ctx), eot)  # per batch
+                (clip.encode_images(b) @ txt.T).argmax(-1)
+
+    def eval_cold():
+        with torch.no_grad():
+            txt = coop.text_features(clip)[0][0]
+            feats = torch.cat([clip.encode_images(b) for b in batches])
+            return (feats @ txt.T).argmax(-1), feats
+
+    t_eval_ref, _ = _timed(eval_reference, device)
+    log(f"  reference: {t_eval_ref:.2f} s")
+    t_eval_cold, (_, feats) = _timed(eval_cold, device)
+    log(f"  ours, cold cache: {t_eval_cold:.2f} s")
+
+    def eval_warm():
+        with torch.no_grad():
+            txt = coop.text_features(clip)[0][0]
+            return (feats @ txt.T).argmax(-1)
+
+    t_eval_warm, _ = _timed(eval_warm, device)
+    log(f"  ours, warm cache: {t_eval_warm:.2f} s")
+
+    steps_per_epoch = max(1, classes * shots // batch)
+    return {
+        "model": model, "device": device, "classes": classes, "batch": batch, "shots": shots,
+        "test_images": n_test, "eval_batch": eval_batch, "repeats": repeats,
+        "prompt_tokens_ours": int(eot.max()) + 1, "prompt_tokens_reference": clip.context_length,
+        "train_step_s_reference": t_ref, "train_step_s_exact": t_exact, "train_step_s_cached": t_cached,
+        "train_step_ratio_exact": t_ref / t_exact, "train_step_ratio_cached": t_ref / t_cached,
+        "epoch_s_reference": t_ref * steps_per_epoch, "epoch_s_exact": t_exact * steps_per_epoch,
+        "epoch_s_cached": t_cached * steps_per_epoch,
+        "eval_s_reference": t_eval_ref, "eval_s_cold": t_eval_cold, "eval_s_warm": t_eval_warm,
+        "eval_ratio_cold": t_eval_ref / t_eval_cold, "eval_ratio_warm": t_eval_ref / t_eval_warm,
+        "logits_max_abs_diff": diff,
+        "peak_mem_ours_mb": mem_ours, "peak_mem_reference_mb": mem_ref,
+        "memory_measure": "cuda peak allocated" if device.startswith("cuda") else "activations saved for backward",
+        "threads": torch.get_num_threads(),
+    }
+
+
+def format_report(r: dict) -> str:
+    rows = [
+        f"prompt-tuning bench: {r['model']} on {r['device']} ({r['threads']} threads), {r['classes']} classes, "
+        f"prompts {r['prompt_tokens_ours']} vs {r['prompt_tokens_reference']} tokens",
+        "",
+        "| measure | reference | ours | ratio |",
+        "|---|---|---|---|",
+        f"| train step, exact (fresh augmentation) | {r['train_step_s_reference']:.2f} s | "
+        f"{r['train_step_s_exact']:.2f} s | {r['train_step_ratio_exact']:.2f}x |",
+        f"| train step, cached views | {r['train_step_s_reference']:.2f} s | {r['train_step_s_cached']:.2f} s | "
+        f"{r['train_step_ratio_cached']:.2f}x |",
+        f"| {r['shots']}-shot epoch (projected), exact / cached | {r['epoch_s_reference']:.0f} s | "
+        f"{r['epoch_s_exact']:.0f} / {r['epoch_s_cached']:.0f} s | |",
+        f"| evaluation, cold feature cache | {r['eval_s_reference']:.2f} s | {r['eval_s_cold']:.2f} s | "
+        f"{r['eval_ratio_cold']:.2f}x |",
+        f"| evaluation, warm feature cache | {r['eval_s_reference']:.2f} s | {r['eval_s_warm']:.2f} s | "
+        f"{r['eval_ratio_warm']:.2f}x |",
+        f"| memory per train step ({r['memory_measure']}) | {r['peak_mem_reference_mb']:.0f} MB | "
+        f"{r['peak_mem_ours_mb']:.0f} MB | {r['peak_mem_reference_mb'] / max(r['peak_mem_ours_mb'], 1e-9):.2f}x |",
+        "",
+        f"logits max abs diff, ours vs reference: {r['logits_max_abs_diff']} "
+        f"({'same logits' if r['logits_max_abs_diff'] <= 1e-5 else 'MISMATCH'})",
+        f"targets: train exact >= 1.8x ({'met' if r['train_step_ratio_exact'] >= 1.8 else 'NOT met'}), "
+        f"cached >= 5x ({'met' if r['train_step_ratio_cached'] >= 5 else 'NOT met'}), "
+        f"eval warm >= 20x ({'met' if r['eval_ratio_warm'] >= 20 else 'NOT met'}), "
+        f"eval cold > 1x ({'met' if r['eval_ratio_cold'] > 1 else 'NOT met'})",
+    ]
+    return "\n".join(rows)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prompt-tuning bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--shots", type=int, default=16, help="for the projected epoch time")
+    p.add_argument("--model", default="ViT-B-16",
+                   help="open_clip architecture, or an architecture .json (random weights either way)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=3, help="training steps timed per path (median)")
+    p.add_argument("--test-per-class", type=int, default=1, help="test images per class")
+    p.add_argument("--eval-batch", type=int, default=50)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" notice
+    try:
+        r = run(args.classes, args.shots, args.model, args.device, args.repeats, test_per_class=args.test_per_class,
+                eval_batch=args.eval_batch, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(r))
+    if args.json:
+        from prompt_tuning.results import write_json
+
+        write_json(args.json, r)
+    return 0 if r["logits_max_abs_diff"] <= 1e-5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""On-disk cache of frozen image features.
+
+Text-side prompt methods never change the image tower, so each image's feature under a given transform is a
+constant: it is computed once and reused across methods, seeds, shots and evaluations. A cache entry is keyed by
+the model (architecture + weights identity), the transform (its full ``repr``), the view index and the exact list
+of images; it is written to a temporary file and renamed (never half-written), and its shape is checked when
+read (a damaged entry is recomputed).
+
+Training with augmentation can use ``cache_views: N`` pre-computed augmented views per image (view ``v`` is
+drawn with a seed derived from ``(seed, v)``, so it is reproducible); each training step then picks one view per
+image. ``cache_views: 0`` keeps the reference behaviour: a fresh augmentation, through the image encoder, at
+every step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from prompt_tuning.clip import FrozenCLIP
+from prompt_tuning.data.datamodule import ImageDataset
+from prompt_tuning.data.datasets import Item
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+class FeatureCache:
+    """Frozen image features on disk.
+
+    Args:
+        root: cache folder.
+        dtype: ``float32`` (features identical to computing them on the fly) or ``float16`` (half the disk).
+        batch_size: images per encoder pass when filling the cache.
+        progress: show a progress bar while encoding.
+    """
+
+    def __init__(self, root: str | os.PathLike, dtype: str = "float32", batch_size: int = 100, progress: bool = True):
+        self.root = Path(root).expanduser()
+        self.dtype = DTYPES[dtype]
+        self.batch_size = batch_size
+        self.progress = progress
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(clip: FrozenCLIP, items: list[Item], transform: Callable, view: int) -> str:
+        """The entry name: a hash of model, weights, transform, view and the image list."""
+        images = hashlib.sha256("\n".join(f"{it.path}\t{it.label}" for it in items).encode()).hexdigest()
+        ident = json.dumps({"model": clip.name, "weights": clip.weights, "transform": repr(transform),
+                            "view": view, "images": images}, sort_keys=True)
+        return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.pt"
+
+    def _read(self, path: Path, n: int, dim: int) -> torch.Tensor | None:
+        if not path.is_file():
+            return None
+        try:
+            features = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged entry is recomputed
+            return None
+        if not isinstance(features, torch.Tensor) or features.shape != (n, dim):
+            return None
+        return features
+
+    def _write(self, path: Path, features: torch.Tensor) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(features, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def features(self, clip: FrozenCLIP, items: list[Item], transform: Callable, view: int = 0,
+                 seed: int = 0) -> torch.Tensor:
+        """Normalised features ``(N, d)`` of ``items`` under ``transform`` (``view`` > 0: augmented view)."""
+        key = self.key(clip, items, transform, view)
+        path = self._path(key)
+        cached = self._read(path, len(items), clip.embed_dim)
+        if cached is not None:
+            self.hits += 1
+            return cached.float()
+        self.misses += 1
+        features = encode_items(clip, items, transform, self.batch_size, seed=seed * 1009 + view,
+                                desc=f"image features (view {view})" if view else "image features",
+                                progress=self.progress)
+        self._write(path, features.to(self.dtype))
+        return features.to(self.dtype).float()
+
+
+def encode_items(clip: FrozenCLIP, items: list[Item], transform: Callable, batch_size: int = 100, seed: int = 0,
+                 desc: str = "image features", progress: bool = True) -> torch.Tensor:
+    """Run the frozen image encoder over ``items`` in order; random transforms draw from a generator seeded with
+    ``seed`` (the caller's random state is left untouched)."""
+    loader = DataLoader(ImageDataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=0)
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
+            out.append(clip.encode_images(batch["image"]).cpu())
+    return torch.cat(out) if out else torch.empty(0, clip.embed_dim)
+
+
+class FeatureDataset(Dataset):
+    """Cached features as a dataset: ``{"features", "label"}``; with several views ``(V, N, d)`` each access
+    picks one view at random (from torch's seeded generator)."""
+
+    def __init__(self, views: torch.Tensor, labels: list[int]):
+        self.views = views if views.dim() == 3 else views.unsqueeze(0)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.views.shape[1]
+
+    def __getitem__(self, index: int) -> dict:
+        v = int(torch.randint(self.views.shape[0], (1,))) if self.views.shape[0] > 1 else 0
+        return {"features": self.views[v, index], "label": self.labels[index]}

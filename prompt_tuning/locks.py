@@ -1,0 +1,85 @@
+"""A lock file per run folder, so two processes (two sweeps on one output folder) never train the same run.
+
+The lock is created with ``O_CREAT | O_EXCL`` (atomic on local and NFS v3+ file systems) and holds the owner's
+host and pid. A lock whose owner is on this host and no longer alive is stale and is taken over; a lock held by
+another host is respected (its liveness cannot be checked from here) until it is removed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from prompt_tuning.errors import UserError
+
+LOCK_FILE = ".lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """``with RunLock(run_dir): ...`` holds the run for this process; raises `UserError` if another live
+    process holds it."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def holder(self) -> dict | None:
+        """Who holds the lock (None if nobody, or if the lock is stale)."""
+        try:
+            info = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, OSError):
+            return {"host": "?", "pid": -1, "damaged": True}
+        if info.get("host") == self.owner["host"] and not _alive(int(info.get("pid", -1))):
+            return None
+        return info
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot write to {self.path.parent}: {e.strerror}; choose another output_dir") from e
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is not None:
+                    raise UserError(
+                        f"run {self.path.parent} is being trained by pid {holder.get('pid')} on "
+                        f"{holder.get('host')} (lock {self.path}); if that process is gone, delete the lock"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its owner died
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({**self.owner, "since": time.time()}, f)
+            return
+        raise UserError(f"could not take the lock {self.path}; another process keeps re-creating it")
+
+    def release(self) -> None:
+        try:
+            if json.loads(self.path.read_text()).get("pid") == self.owner["pid"]:
+                self.path.unlink()
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,26 @@
+"""The benchmark runs end to end (on the tiny model: timings there mean nothing) and its paths agree."""
+
+import json
+
+from prompt_tuning.bench import format_report, run
+from prompt_tuning.cli import main
+from tests.conftest import TINY_ARCH
+
+KEYS = {"train_step_ratio_exact", "train_step_ratio_cached", "eval_ratio_warm", "eval_ratio_cold",
+        "logits_max_abs_diff", "peak_mem_ours_mb", "peak_mem_reference_mb"}
+
+
+def test_bench_reports_every_figure_and_same_logits():
+    r = run(classes=6, model=str(TINY_ARCH), repeats=1, batch=8, test_per_class=2, eval_batch=4, log=lambda m: None)
+    assert set(r) >= KEYS
+    assert r["logits_max_abs_diff"] == 0.0  # the truncated pass is bit-identical
+    assert r["prompt_tokens_ours"] < r["prompt_tokens_reference"] == 77
+    assert r["peak_mem_ours_mb"] < r["peak_mem_reference_mb"]  # fewer positions keep fewer activations
+    assert "same logits" in format_report(r)
+
+
+def test_bench_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(TINY_ARCH), "--classes", "4", "--repeats", "1", "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())) >= KEYS
+    assert "| train step, exact" in capsys.readouterr().out
