@@ -51,7 +51,8 @@ def case_shots_zero(data, tmp_path):
 
 
 def case_shots_too_many(data, tmp_path):
-    return _train(data, tmp_path, "protocol.shots=17"), r"17 shots asked, but 9 classes have fewer .*'red circle' \(16\)"
+    pattern = r"17 shots asked, but 9 classes have fewer .*'red circle' \(16\)"
+    return _train(data, tmp_path, "protocol.shots=17"), pattern
 
 
 def case_missing_root(data, tmp_path):
@@ -121,7 +122,8 @@ def case_text_tower_not_promptable(data, tmp_path):
     arch = json.loads(TINY_ARCH.read_text())
     arch["text_cfg"]["pool_type"] = "last"
     (tmp_path / "last.json").write_text(json.dumps(arch))
-    return _train(data, tmp_path, f"model={tmp_path / 'last.json'}"), r"the text tower of this model .*cannot be prompted"
+    pattern = r"the text tower of this model .*cannot be prompted"
+    return _train(data, tmp_path, f"model={tmp_path / 'last.json'}"), pattern
 
 
 def case_output_not_writable(data, tmp_path):
