@@ -55,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="time our path against the reference recipe (see prompt_tuning/bench.py)",
                    add_help=False)
+    sub.add_parser("sweep", help="run the missing runs of an experiment grid (experiments/*.yaml)", add_help=False)
+    t = sub.add_parser("table", help="mean/std over seeds per method and dataset, with published numbers")
+    t.add_argument("dir", help="a folder of runs (a sweep's output)")
+    t.add_argument("--format", default="md", choices=["md", "csv", "latex"])
+    t.add_argument("--experiment", help="experiment file with the grid and published numbers "
+                                        "(default: DIR/experiment.yaml, written by sweep)")
+    pl_ = sub.add_parser("plot", help="accuracy-vs-shots curves and base/novel/HM bars as PNG")
+    pl_.add_argument("dir")
+    pl_.add_argument("--out", help="folder for the PNGs (default: DIR/plots)")
 
     d = sub.add_parser("demo", help="offline demo: generated shapes, tiny random CLIP, zero-shot vs CoOp")
     d.add_argument("--workdir", help="keep the generated data and outputs here (default: a temporary folder)")
@@ -110,6 +119,26 @@ def _datasets(args) -> int:
     return 1 if report.problems else 0
 
 
+def _table(args) -> None:
+    from prompt_tuning.results import aggregate, collect, format_table
+    from prompt_tuning.sweep import expected_runs, load_experiment
+
+    exp_path = Path(args.experiment) if args.experiment else Path(args.dir) / "experiment.yaml"
+    exp = load_experiment(exp_path) if exp_path.is_file() else None
+    results = collect(args.dir)
+    if not results and exp is None:
+        raise UserError(f"no result.json under {args.dir}")
+    table = aggregate(results, expected_runs(exp) if exp else None)
+    print(format_table(table, args.format, exp.get("published") if exp else None))
+
+
+def _plot(args) -> None:
+    from prompt_tuning.plot import plot
+
+    for path in plot(args.dir, args.out):
+        print(f"wrote {path}")
+
+
 def _demo(args) -> None:
     from prompt_tuning.demo import format_table, run_demo
 
@@ -126,9 +155,19 @@ def main(argv: list[str] | None = None) -> int:
         from prompt_tuning.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["sweep"]:
+        from prompt_tuning.sweep import main as sweep_main
+
+        try:
+            return sweep_main(argv[1:])
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     try:
-        code = {"train": _train, "eval": _eval, "demo": _demo, "datasets": _datasets}[args.command](args)
+        commands = {"train": _train, "eval": _eval, "demo": _demo, "datasets": _datasets, "table": _table,
+                    "plot": _plot}
+        code = commands[args.command](args)
         return code or 0
     except UserError as e:
         if args.debug:

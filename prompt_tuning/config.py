@@ -28,7 +28,7 @@ from prompt_tuning.errors import UserError, close_matches
 
 GROUPS = ("model", "method", "dataset", "protocol")
 INJECTED = {"clip", "task"}  # constructor arguments the runner provides, never set in a config
-NOT_HASHED = ("output_dir", "runtime", "resume")  # keys that do not change a run's numbers
+NOT_HASHED = ("output_dir", "runtime", "resume", "tags")  # keys that do not change a run's numbers
 
 
 def config_dir() -> Path:
@@ -129,19 +129,26 @@ def _apply_recipe(cfg: DictConfig) -> None:
 
 
 def _open_init_args(cfg: Any) -> None:
-    """``init_args`` are free-form (checked against the class signature instead of a fixed schema)."""
+    """``init_args`` are free-form (checked against the class signature instead of a fixed schema); so are
+    ``tags``."""
     if isinstance(cfg, DictConfig):
         for key in cfg:
             node = cfg._get_node(key)
-            if key == "init_args" and isinstance(node, DictConfig):
+            if key in ("init_args", "tags") and isinstance(node, DictConfig):
                 OmegaConf.set_struct(node, False)
             else:
                 _open_init_args(node)
 
 
 def _parse(value: str) -> Any:
-    """A command-line value, typed as YAML types it (``4`` int, ``true`` bool, ``null`` None, ``[1,2]`` list)."""
-    return OmegaConf.create({"v": value}).v if value == "" else OmegaConf.from_dotlist([f"v={value}"]).v
+    """A command-line value, typed as YAML types it (``4`` int, ``true`` bool, ``null`` None, ``[1,2]`` list);
+    interpolations (``${seed}``) are kept, to be resolved with the whole config."""
+    if value == "":
+        return ""
+    node = OmegaConf.from_dotlist([f"v={value}"])._get_node("v")
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=False)
+    return node._value()
 
 
 def _override(cfg: DictConfig, key: str, value: str) -> None:

@@ -66,3 +66,108 @@ def versions() -> dict[str, Any]:
         "pytorch_lightning": pytorch_lightning.__version__,
         "python": platform.python_version(),
     }
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+MAIN_METRICS = ("acc", "base_acc", "novel_acc", "hm")
+AVERAGE = "average"
+
+
+def collect(root: str | os.PathLike) -> list[dict]:
+    """Every ``result.json`` under ``root``."""
+    return [json.loads(p.read_text()) for p in sorted(Path(root).rglob(RESULT_FILE))]
+
+
+def method_label(result: dict) -> str:
+    """The method name plus its tags (ablation variant), e.g. ``coop[n_ctx=4]``."""
+    tags = result.get("tags") or {}
+    return result["method"] + (f"[{','.join(f'{k}={v}' for k, v in sorted(tags.items()))}]" if tags else "")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, std
+
+
+def aggregate(results: list[dict], expected: dict | None = None) -> dict:
+    """Mean and std over seeds, per (method, shots, dataset, metric), plus the across-dataset average.
+
+    Returns ``{(method, shots): {dataset: {metric: (mean, std, n_seeds)}}}``. The average row takes the mean of
+    the per-dataset means, only where every dataset has the metric; its ``hm`` is the harmonic mean of the
+    averaged base and novel accuracies, as the papers compute it. ``expected`` (``{(method, shots): [datasets]}``)
+    adds the missing ones as empty entries, so they show as missing, never as zero.
+    """
+    groups: dict = {}
+    for r in results:
+        per_dataset = groups.setdefault((method_label(r), r["shots"]), {}).setdefault(r["dataset"], {})
+        for metric, value in r["metrics"].items():
+            if metric in MAIN_METRICS or metric.endswith("/acc"):
+                per_dataset.setdefault(metric, []).append(value)
+    for key, datasets in (expected or {}).items():
+        for d in datasets:
+            groups.setdefault(key, {}).setdefault(d, {})
+    table = {}
+    for key, datasets in groups.items():
+        rows = {d: {m: (*_mean_std(v), len(v)) for m, v in metrics.items()} for d, metrics in datasets.items()}
+        metrics = sorted({m for row in rows.values() for m in row})
+        complete = [m for m in metrics if all(m in row for row in rows.values())]
+        avg = {m: (sum(row[m][0] for row in rows.values()) / len(rows), 0.0, 0) for m in complete}
+        if "base_acc" in avg and "novel_acc" in avg:
+            avg["hm"] = (harmonic_mean(avg["base_acc"][0], avg["novel_acc"][0]), 0.0, 0)
+        if len(rows) > 1:
+            rows[AVERAGE] = avg
+        table[key] = rows
+    return table
+
+
+def _published(published: dict | None, method: str, dataset: str, metric: str) -> float | None:
+    values = (published or {}).get("values", {})
+    try:
+        return float(values[method.split("[")[0]][dataset][metric])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def format_table(table: dict, fmt: str = "md", published: dict | None = None) -> str:
+    """Rows of method, shots, dataset; per metric ``mean ± std (seeds)``, the published number and the gap."""
+    metrics = sorted({m for rows in table.values() for row in rows.values() for m in row},
+                     key=lambda m: (m not in MAIN_METRICS, MAIN_METRICS.index(m) if m in MAIN_METRICS else 0, m))
+    header = ["method", "shots", "dataset"]
+    for m in metrics:
+        header += [m] + ([f"{m} (published)", f"{m} (diff)"] if published else [])
+    lines = []
+    for (method, shots), rows in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        names = sorted(d for d in rows if d != AVERAGE) + ([AVERAGE] if AVERAGE in rows else [])
+        for dataset in names:
+            row = rows[dataset]
+            cells = [method, str(shots), dataset]
+            for m in metrics:
+                if m in row:
+                    mean, std, n = row[m]
+                    cells.append(f"{mean:.2f}" if n == 0 else f"{mean:.2f} ± {std:.2f} ({n})")
+                else:
+                    cells.append("missing")
+                if published:
+                    pub = _published(published, method, dataset, m)
+                    cells.append("" if pub is None else f"{pub:.2f}")
+                    cells.append(f"{row[m][0] - pub:+.2f}" if pub is not None and m in row else "")
+            lines.append(cells)
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf).writerows([header, *lines])
+        return buf.getvalue()
+    if fmt == "latex":
+        esc = [[c.replace("±", r"$\pm$").replace("_", r"\_") for c in row] for row in [header, *lines]]
+        body = [" & ".join(row) + r" \\" for row in esc]
+        return "\n".join([r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", body[0], r"\midrule",
+                          *body[1:], r"\bottomrule", r"\end{tabular}"])
+    if fmt != "md":
+        raise UserError(f"--format {fmt}: choose md, csv or latex")
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(row) + " |" for row in lines]
+    source = (published or {}).get("source")
+    return "\n".join(out) + (f"\n\nPublished numbers: {source}" if source else "")

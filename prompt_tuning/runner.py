@@ -74,6 +74,10 @@ def build(cfg: DictConfig) -> Setup:
     for subset in cfg.protocol.eval_subsets:
         (test,) = subsample_classes(splits["test"], subsample=subset)
         eval_sets[subset] = (Task(_names(names, subset), dataset.template), test)
+    for other in cfg.protocol.eval_datasets:  # transfer: the other dataset's classes and template
+        other_ds = instantiate(dataset_config(other, cfg))
+        test = other_ds.load()["test"]
+        eval_sets[f"{other}/"] = (Task(classnames_of(test, other), other_ds.template), test)
 
     context: Context = instantiate(cfg.method.context, clip=clip, task=train_task)
     objective = instantiate(cfg.method.objective, clip=clip, task=train_task)
@@ -113,6 +117,13 @@ def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[I
                              for v in range(cfg.data.cache_views)])
         return eval_dataset, FeatureDataset(views, labels)
     return eval_dataset, ImageDataset(train, train_tf)  # exact: a fresh augmentation every step
+
+
+def dataset_config(name: str, cfg: DictConfig) -> DictConfig:
+    """The ``dataset`` section for ``configs/dataset/<name>.yaml`` under this run's ``data.root``."""
+    from prompt_tuning.config import compose
+
+    return compose([f"dataset={name}", "model=tiny", f"data.root={cfg.data.root}"]).dataset
 
 
 def _names(names: list[str], subsample: str) -> list[str]:
@@ -180,7 +191,7 @@ def evaluate(setup: Setup, trainer: pl.Trainer) -> dict[str, float]:
         setup.module.set_task(task)
         setup.datamodule.test_set = setup.eval_dataset(items)
         out = trainer.test(setup.module, datamodule=setup.datamodule, verbose=False)[0]
-        prefix = "" if name == "all" else f"{name}_"
+        prefix = "" if name == "all" else name if name.endswith("/") else f"{name}_"
         metrics[f"{prefix}acc"] = 100.0 * float(out["test/acc"])
         metrics[f"{prefix}macro_acc"] = 100.0 * float(out["test/macro_acc"])
     if "base_acc" in metrics and "novel_acc" in metrics:
@@ -243,6 +254,7 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, previous_hash: str 
         "seed": cfg.seed,
         "model": f"{cfg.model.name}/{setup.clip.weights}",
         "config_hash": config_hash,
+        "tags": OmegaConf.to_container(cfg.tags),
         "epochs": max_epochs if setup.module.trainable else 0,
         "metrics": metrics,
         "wall_time_s": round(time.time() - start, 2),

@@ -116,6 +116,12 @@ def _per_class_split(items: list, fractions: tuple[float, ...], seed: int) -> li
 def prepare(name: str, root: str | Path, seed: int = 1, download: bool = True, log=print) -> Path | None:
     """Download ``name`` under ``root`` and write its split file; returns the split file (None: manual steps)."""
     root = Path(root).expanduser()
+    if name == "shapes":  # the generated demo dataset
+        from prompt_tuning.data.synthetic import make_shapes
+
+        make_shapes(root / "shapes", seed=0)
+        log(f"wrote the shapes dataset to {root / 'shapes'}")
+        return root / "shapes" / "split_shapes.json"
     if name in MANUAL:
         log(MANUAL[name].format(root=root))
         return None

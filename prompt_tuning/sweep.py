@@ -1,0 +1,176 @@
+"""`prompt-tuning sweep experiments/X.yaml`: expand a grid of runs and run what is missing.
+
+An experiment file::
+
+    name: base2novel
+    output: outputs/base2novel          # runs go to <output>/<dataset>/<method>/<variant>/shots_<K>/seed_<S>
+    args: [protocol=base2novel]         # applied to every run (any train argument)
+    grid:                               # one run per combination; keys are groups, `seed` or any config key
+      method: [coop, cocoop]
+      dataset: [eurosat, dtd]
+      seed: [1, 2, 3]
+    published: {...}                    # numbers to compare with, read by `prompt-tuning table`
+
+A run whose ``result.json`` carries the same config hash is skipped, so a killed sweep resumes where it stopped;
+a run another process is training (locked) is left to it. Grid values other than method, dataset, seed and
+``protocol.shots`` are recorded as ``tags`` in each result (they distinguish ablation variants in tables).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from prompt_tuning.config import compose, run_hash
+from prompt_tuning.errors import UserError
+from prompt_tuning.locks import RunLock
+from prompt_tuning.results import read_result, write_atomic
+
+PATH_KEYS = ("dataset", "method", "protocol.shots", "seed")  # keys the standard run path already encodes
+
+
+@dataclass
+class Run:
+    choice: dict[str, object]  # grid key -> value
+    args: list[str]  # the full train arguments
+    output_dir: Path
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.choice.items())
+
+
+def load_experiment(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"experiment file {path} does not exist")
+    exp = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    for key in ("name", "grid"):
+        if key not in exp:
+            raise UserError(f"experiment {path} needs a '{key}' entry")
+    unknown = set(exp) - {"name", "description", "output", "args", "grid", "published"}
+    if unknown:
+        raise UserError(f"experiment {path}: unknown entries {sorted(unknown)}; valid: name, description, "
+                        "output, args, grid, published")
+    exp.setdefault("output", f"outputs/{exp['name']}")
+    exp.setdefault("args", [])
+    return exp
+
+
+def expand(exp: dict, only: list[str] = ()) -> list[Run]:
+    """Every combination of the grid (in file order), filtered by ``only`` (``key=value`` strings)."""
+    grid = exp["grid"]
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"grid key {key!r} must map to a non-empty list, got {values!r}")
+    filters = {}
+    for f in only:
+        key, sep, value = f.partition("=")
+        if not sep or key not in grid:
+            raise UserError(f"--only {f!r}: give key=value with key one of {', '.join(grid)}")
+        filters.setdefault(key, set()).add(value)
+    runs = []
+    for combo in itertools.product(*grid.values()):
+        choice = dict(zip(grid, combo))
+        if any(str(choice[k]) not in v for k, v in filters.items()):
+            continue
+        tags = {k.rpartition(".")[2]: v for k, v in choice.items() if k not in PATH_KEYS and k not in
+                ("protocol", "model")}
+        variant = "_".join(f"{k}{v}" for k, v in tags.items()) or "default"
+        args = [*exp["args"], *(f"{k}={v}" for k, v in choice.items()),
+                *(f"tags.{k}={v}" for k, v in tags.items())]
+        out = (f"{exp['output']}/${{dataset.name}}/${{method.name}}/{variant}/shots_${{protocol.shots}}/"
+               f"seed_${{seed}}")
+        runs.append(Run(choice, [*args, f"output_dir={out}"], Path()))
+    return runs
+
+
+def expected_runs(exp: dict) -> dict | None:
+    """``{(method, shots): [datasets]}`` a plain method x dataset x shots grid should produce (None for grids
+    with other keys, whose method labels carry tags)."""
+    grid = exp["grid"]
+    if set(grid) - {"method", "dataset", "seed", "protocol.shots"}:
+        return None
+    fixed = dict(a.split("=", 1) for a in exp["args"] if "=" in a)
+    methods = grid.get("method") or [fixed.get("method", "coop")]
+    datasets = [Path(str(d)).name for d in grid.get("dataset") or [fixed.get("dataset", "?")]]  # a folder: its name
+    shots = grid.get("protocol.shots") or [int(fixed.get("protocol.shots", 16))]
+    return {(str(m), int(k)): [str(d) for d in datasets] for m in methods for k in shots}
+
+
+def status(cfg) -> str:
+    """``done`` (result with the same hash), ``running`` (locked by a live process), or ``todo``."""
+    out = Path(cfg.output_dir)
+    result = read_result(out)
+    if result is not None and result.get("config_hash") == run_hash(cfg):
+        return "done"
+    if RunLock(out).holder() is not None:
+        return "running"
+    return "todo"
+
+
+def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progress: bool = False,
+          log=print) -> dict[str, int]:
+    """Run the missing runs of an experiment; returns counts of done / ran / failed / running."""
+    from prompt_tuning.runner import train
+
+    exp = load_experiment(path)
+    runs = expand(exp, only)
+    cfgs = []
+    for run in runs:
+        cfg = compose([*run.args, f"runtime.progress={str(progress).lower()}"])
+        run.output_dir = Path(cfg.output_dir)
+        cfgs.append(cfg)
+    states = [status(cfg) for cfg in cfgs]
+    counts = {"total": len(runs), "done": states.count("done"), "running": states.count("running"),
+              "ran": 0, "failed": 0}
+    todo = [i for i, s in enumerate(states) if s == "todo"]
+    log(f"experiment {exp['name']}: {len(runs)} runs, {counts['done']} done, {counts['running']} running "
+        f"elsewhere, {len(todo)} to run")
+    if dry_run:
+        for run, state in zip(runs, states):
+            log(f"  [{state:7s}] {run.describe()}  ->  {run.output_dir}")
+        return counts
+    write_atomic(Path(exp["output"]) / "experiment.yaml", Path(path).read_text())  # for `table` and `plot`
+    started = time.time()
+    for n, i in enumerate(todo, 1):
+        run, cfg = runs[i], cfgs[i]
+        if status(cfg) != "todo":  # another sweep got there meanwhile
+            continue
+        eta = (time.time() - started) / (n - 1) * (len(todo) - n + 1) if n > 1 else None
+        log(f"[{n}/{len(todo)}] {run.describe()}" + (f"  (ETA {eta / 60:.1f} min)" if eta is not None else ""))
+        try:
+            result = train(cfg)
+            counts["ran"] += 1
+            log(f"    {', '.join(f'{k}={v:.2f}' for k, v in result['metrics'].items() if 'macro' not in k)}")
+        except UserError as e:
+            if "is being trained by pid" in str(e):
+                counts["running"] += 1
+                continue
+            counts["failed"] += 1
+            log(f"    FAILED: {e}")
+    log(f"done: {counts['ran']} ran, {counts['done']} were done, {counts['failed']} failed, "
+        f"{counts['running']} running elsewhere; results under {exp['output']}")
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="prompt-tuning sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and what is already done")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE", help="run a slice of the grid")
+    p.add_argument("--progress", action="store_true", help="progress bars inside each run")
+    args = p.parse_args(argv)
+    counts = sweep(args.experiment, args.only, args.dry_run, args.progress,
+                   log=lambda m: print(m, flush=True))
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
