@@ -77,8 +77,8 @@ def reference_text_features(clip: FrozenCLIP, embeddings77: torch.Tensor, eot: t
     return F.normalize(x, dim=-1)
 
 
-def run(classes: int = 100, shots: int = 16, model: str = "ViT-B-16", device: str = "cpu", repeats: int = 3,
-        batch: int = 32, test_per_class: int = 1, eval_batch: int = 50, seed: int = 0, log=print) -> dict:
+def run(classes: int = 100, shots: int = 16, model: str = "ViT-B-16", device: str = "cpu", repeats: int = 2,
+        batch: int = 32, test_per_class: int = 2, eval_batch: int = 50, seed: int = 0, log=print) -> dict:
     """Measure both paths; returns the figures (see `main` for the printed table)."""
     torch.manual_seed(seed)
     log(f"building {model} (random weights) on {device} ...")
@@ -239,8 +239,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="ViT-B-16",
                    help="open_clip architecture, or an architecture .json (random weights either way)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--repeats", type=int, default=3, help="training steps timed per path (median)")
-    p.add_argument("--test-per-class", type=int, default=1, help="test images per class")
+    p.add_argument("--repeats", type=int, default=2, help="training steps timed per path (median)")
+    p.add_argument("--test-per-class", type=int, default=2, help="test images per class")
     p.add_argument("--eval-batch", type=int, default=50)
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p

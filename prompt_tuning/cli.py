@@ -97,13 +97,12 @@ def _eval(args) -> None:
 
 
 def _datasets(args) -> int:
-    from prompt_tuning.config import compose, group_options
+    from prompt_tuning.config import dataset_section, group_options
 
     if args.action == "list":
         for name in group_options("dataset"):
-            cfg = compose([f"dataset={name}", "model=tiny"])
-            root = cfg.dataset.init_args.get("root", "")
-            print(f"{name:16s} {cfg.dataset.n_classes or '?':>5} classes  {root}")
+            section = dataset_section(name)
+            print(f"{name:16s} {section.n_classes or '?':>5} classes  {section.init_args.get('root', '')}")
         return 0
     if args.action == "prepare":
         from prompt_tuning.data.prepare import prepare
@@ -112,9 +111,8 @@ def _datasets(args) -> int:
         return 0
     from prompt_tuning.data.check import check_dataset
 
-    overrides = [f"dataset={args.name}", "model=tiny"] + ([f"data.root={args.root}"] if args.root else [])
-    cfg = compose(overrides)
-    report = check_dataset(cfg.dataset, cfg.dataset.n_classes, decode=not args.no_decode)
+    section = dataset_section(args.name, args.root)
+    report = check_dataset(section, section.n_classes, decode=not args.no_decode)
     print(report.format())
     return 1 if report.problems else 0
 

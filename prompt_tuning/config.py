@@ -102,9 +102,7 @@ def compose(args: list[str] | tuple[str, ...] = (), root: Path | None = None) ->
         cfg[group] = OmegaConf.merge(cfg[group], _group_config(group, str(value), root))
     OmegaConf.set_struct(cfg, True)
     _apply_recipe(cfg)
-    _open_init_args(cfg)
-    for key, value in overrides:
-        _override(cfg, key, value)
+    _apply_overrides(cfg, overrides)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"these keys need a value: {', '.join(missing)}")
@@ -114,6 +112,13 @@ def compose(args: list[str] | tuple[str, ...] = (), root: Path | None = None) ->
         raise UserError(f"config interpolation failed: {e}") from e
     _check_init_args(cfg)
     return cfg
+
+
+def _apply_overrides(cfg: DictConfig, overrides: list[tuple[str, str]]) -> None:
+    """Apply ``key=value`` overrides to a struct config (``init_args`` and ``tags`` stay open)."""
+    _open_init_args(cfg)
+    for key, value in overrides:
+        _override(cfg, key, value)
 
 
 def _apply_recipe(cfg: DictConfig) -> None:
@@ -242,6 +247,12 @@ def run_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(plain)).encode()).hexdigest()[:12]
 
 
+def dataset_section(name: str, data_root: str | None = None) -> DictConfig:
+    """The composed ``dataset`` section of ``configs/dataset/<name>.yaml`` (or a folder), under ``data_root``."""
+    args = [f"dataset={name}", "model=tiny"]  # any model: only the dataset section is read
+    return compose(args + ([f"data.root={data_root}"] if data_root else [])).dataset
+
+
 def compose_from_run(run_dir: str | Path, args: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """A finished run's saved config, with ``key=value`` changes (``dataset=NAME`` swaps the whole group)."""
     path = Path(run_dir) / "config.yaml"
@@ -259,8 +270,6 @@ def compose_from_run(run_dir: str | Path, args: list[str] | tuple[str, ...] = ()
         else:
             overrides.append((key, value))
     OmegaConf.set_struct(cfg, True)
-    _open_init_args(cfg)
-    for key, value in overrides:
-        _override(cfg, key, value)
+    _apply_overrides(cfg, overrides)
     _check_init_args(cfg)
     return cfg

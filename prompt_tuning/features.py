@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.data.datamodule import ImageDataset
 from prompt_tuning.data.datasets import Item
+from prompt_tuning.results import atomic_path
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -73,15 +73,8 @@ class FeatureCache:
         return features
 
     def _write(self, path: Path, features: torch.Tensor) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(features, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def features(self, clip: FrozenCLIP, items: list[Item], transform: Callable, view: int = 0,
                  seed: int = 0) -> torch.Tensor:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from prompt_tuning.clip import FrozenCLIP
-from prompt_tuning.config import instantiate, run_hash
+from prompt_tuning.config import dataset_section, instantiate, run_hash
 from prompt_tuning.contexts.base import Context, Task
 from prompt_tuning.data.datamodule import ImageDataset, PromptDataModule
 from prompt_tuning.data.datasets import Item, classnames_of
@@ -75,7 +75,7 @@ def build(cfg: DictConfig) -> Setup:
         (test,) = subsample_classes(splits["test"], subsample=subset)
         eval_sets[subset] = (Task(_names(names, subset), dataset.template), test)
     for other in cfg.protocol.eval_datasets:  # transfer: the other dataset's classes and template
-        other_ds = instantiate(dataset_config(other, cfg))
+        other_ds = instantiate(dataset_section(other, cfg.data.root))
         test = other_ds.load()["test"]
         eval_sets[f"{other}/"] = (Task(classnames_of(test, other), other_ds.template), test)
 
@@ -117,13 +117,6 @@ def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[I
                              for v in range(cfg.data.cache_views)])
         return eval_dataset, FeatureDataset(views, labels)
     return eval_dataset, ImageDataset(train, train_tf)  # exact: a fresh augmentation every step
-
-
-def dataset_config(name: str, cfg: DictConfig) -> DictConfig:
-    """The ``dataset`` section for ``configs/dataset/<name>.yaml`` under this run's ``data.root``."""
-    from prompt_tuning.config import compose
-
-    return compose([f"dataset={name}", "model=tiny", f"data.root={cfg.data.root}"]).dataset
 
 
 def _names(names: list[str], subsample: str) -> list[str]:
