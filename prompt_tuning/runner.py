@@ -151,6 +151,14 @@ class EpochSeed(pl.Callback):
         pl.seed_everything(self.seed * 1000 + trainer.current_epoch, workers=True, verbose=False)
 
 
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16 autocast where a CUDA GPU will be used (fp32 master weights), full fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path | None, max_epochs: int) -> pl.Trainer:
     callbacks = [EpochSeed(cfg.seed)]
     if run_dir is not None:
@@ -162,7 +170,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path | None, max_epochs: int) -> pl.T
         max_epochs=max_epochs,
         accelerator=cfg.trainer.accelerator,
         devices=1,
-        precision=cfg.trainer.precision,
+        precision=resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator)),
         deterministic=True,
         logger=pl.loggers.CSVLogger(run_dir, name="logs", version="") if run_dir is not None else False,
         callbacks=callbacks,

@@ -169,3 +169,14 @@ def test_zero_shot_class_features_are_computed_once_in_total(task):
     module.set_task(Task(("cat", "dog")))  # another class set needs its own features
     _trainer().test(module, dataloaders=_loader(n=16, n_cls=2, batch=8), verbose=False)
     assert len(calls) == 2
+
+
+def test_precision_auto_is_fp32_on_cpu_and_bf16_on_a_gpu(monkeypatch):
+    from prompt_tuning.runner import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("16-mixed", "auto") == "16-mixed"  # an explicit choice is kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto", "auto") == "bf16-mixed"
+    assert resolve_precision("auto", "cpu") == "32-true"
