@@ -147,28 +147,26 @@ def _demo(args) -> None:
     print(format_table(results))
 
 
+OWN_PARSERS = {"bench": "prompt_tuning.bench", "sweep": "prompt_tuning.sweep"}  # commands with their own options
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # its own options: prompt-tuning bench --help
-        from prompt_tuning.bench import main as bench_main
+    if argv[:1] and argv[0] in OWN_PARSERS:  # e.g. prompt-tuning sweep --help
+        import importlib
 
-        return bench_main(argv[1:])
-    if argv[:1] == ["sweep"]:
-        from prompt_tuning.sweep import main as sweep_main
-
-        try:
-            return sweep_main(argv[1:])
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    args = _parser().parse_args(argv)
-    try:
+        debug = False
+        run = lambda: importlib.import_module(OWN_PARSERS[argv[0]]).main(argv[1:])  # noqa: E731
+    else:
+        args = _parser().parse_args(argv)
+        debug = args.debug
         commands = {"train": _train, "eval": _eval, "demo": _demo, "datasets": _datasets, "table": _table,
                     "plot": _plot}
-        code = commands[args.command](args)
-        return code or 0
+        run = lambda: commands[args.command](args) or 0  # noqa: E731
+    try:
+        return run()
     except UserError as e:
-        if args.debug:
+        if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -96,9 +96,13 @@ class PromptTuner(pl.LightningModule):
         self.acc = MulticlassAccuracy(num_classes=n, average="micro").to(self.clip.device)
         self.macro_acc = MulticlassAccuracy(num_classes=n, average="macro").to(self.clip.device)
 
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The context's learned parameters (the only ones optimised)."""
+        return [p for p in self.context.parameters() if p.requires_grad]
+
     @property
     def trainable(self) -> bool:
-        return any(p.requires_grad for p in self.context.parameters())
+        return bool(self.trainable_parameters())
 
     # ---------------------------------------------------------------------------------------------- forward
     def image_features(self, batch: dict) -> torch.Tensor:
@@ -142,7 +146,7 @@ class PromptTuner(pl.LightningModule):
         if self.gradient_rule is not None:
             optimizer = self.optimizers()
             optimizer.zero_grad()
-            self.gradient_rule(terms, [p for p in self.context.parameters() if p.requires_grad])
+            self.gradient_rule(terms, self.trainable_parameters())
             optimizer.step()
         n = len(labels)
         acc = (self.predict_proba(outputs.logits).argmax(-1) == labels).float().mean()
@@ -157,8 +161,7 @@ class PromptTuner(pl.LightningModule):
             self.lr_schedulers().step()
 
     def configure_optimizers(self):
-        params = [p for p in self.context.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, **self.optim)
+        optimizer = torch.optim.SGD(self.trainable_parameters(), **self.optim)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: warmup_cosine(e, **self.schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
@@ -167,13 +170,15 @@ class PromptTuner(pl.LightningModule):
         self.acc.reset()
         self.macro_acc.reset()
         self._eval_text = None
-        if not (self.context.conditional or self.context.stochastic):
-            if self._fixed_text is None:
-                with torch.no_grad():
-                    self._eval_text = self.context.text_features(self.clip)[0]  # once per evaluation
-                if not self.trainable:  # zero-shot: once in total for this class set
-                    self._fixed_text = self._eval_text
-            self._eval_text = self._fixed_text if self._fixed_text is not None else self._eval_text
+        if self.context.conditional or self.context.stochastic:
+            return  # class features depend on the image or on fresh samples: computed per batch
+        if self._fixed_text is not None:  # zero-shot: computed once in total for this class set
+            self._eval_text = self._fixed_text
+            return
+        with torch.no_grad():
+            self._eval_text = self.context.text_features(self.clip)[0]  # once per evaluation
+        if not self.trainable:
+            self._fixed_text = self._eval_text
 
     def _eval_logits(self, image_features: torch.Tensor) -> torch.Tensor:
         if not self.context.conditional:
