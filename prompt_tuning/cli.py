@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
-
-from omegaconf import OmegaConf
 
 from prompt_tuning.errors import UserError
 
@@ -74,14 +73,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
-    from prompt_tuning.config import compose
+    from prompt_tuning.config import annotated_yaml, compose_annotated
     from prompt_tuning.runner import train
 
-    cfg = compose(args.overrides)
+    composed = compose_annotated(args.overrides)
+    cfg = composed.cfg
     if args.print_config:
-        print(OmegaConf.to_yaml(cfg))
+        print(annotated_yaml(cfg, composed.sources), end="")
         return
-    result = train(cfg)
+    result = train(cfg, composed.sources)
     print(json.dumps(result["metrics"], indent=2))
     print(f"wrote {Path(cfg.output_dir) / 'result.json'}")
 
@@ -150,8 +150,31 @@ def _demo(args) -> None:
 OWN_PARSERS = {"bench": "prompt_tuning.bench", "sweep": "prompt_tuning.sweep"}  # commands with their own options
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at the time (pytest and notebooks swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """The toolkit's own log lines (feature cache built/reused, recipe warnings) go to stderr, one line each."""
+    logger = logging.getLogger("prompt_tuning")
+    if not logger.handlers:
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _log_to_stderr()
     if argv[:1] and argv[0] in OWN_PARSERS:  # e.g. prompt-tuning sweep --help
         import importlib
 

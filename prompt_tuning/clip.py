@@ -14,6 +14,7 @@ when Lightning calls `.train()`.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -102,6 +103,7 @@ class FrozenCLIP(nn.Module):
         self.preprocess = preprocess
         self.name = name
         self.weights = weights
+        self._image_digest: str | None = None
 
     # ----------------------------------------------------------------------------------------------- building
     @classmethod
@@ -181,6 +183,7 @@ class FrozenCLIP(nn.Module):
     # ------------------------------------------------------------------------------------- module plumbing
     def _apply(self, fn, recurse=True):
         self.model._apply(fn)
+        self._image_digest = None  # a dtype cast changes the weights' bytes
         return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> FrozenCLIP:
@@ -212,6 +215,23 @@ class FrozenCLIP(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         """The learned temperature, already exponentiated (100 for OpenAI CLIP)."""
         return self.model.logit_scale.exp()
+
+    def image_tower_digest(self) -> str:
+        """A digest of everything that makes the image tower compute what it computes: its module structure
+        (``repr``: layers, sizes, activation) and every weight and buffer (names, dtypes, shapes, bytes).
+
+        Two random initialisations, another architecture, GELU instead of QuickGELU, or a fine-tuned checkpoint
+        all give another digest. Hashed once per model instance (about 1 s for ViT-B/16's 86M weights).
+        """
+        if self._image_digest is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(repr(self.model.visual).encode())
+            for name, tensor in sorted(self.model.visual.state_dict().items()):
+                t = tensor.detach().cpu().contiguous()
+                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+                h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+            self._image_digest = h.hexdigest()
+        return self._image_digest
 
     # ------------------------------------------------------------------------------------------- encoders
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:

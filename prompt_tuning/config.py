@@ -14,10 +14,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import inspect
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from prompt_tuning.errors import UserError, close_matches
 
 GROUPS = ("model", "method", "dataset", "protocol")
 INJECTED = {"clip", "task"}  # constructor arguments the runner provides, never set in a config
-NOT_HASHED = ("output_dir", "runtime", "resume", "tags")  # keys that do not change a run's numbers
+NOT_HASHED = ("output_dir", "runtime", "resume", "overwrite", "tags")  # keys that do not change a run's numbers
 
 
 def config_dir() -> Path:
@@ -81,8 +83,36 @@ def _group_config(group: str, value: str, root: Path) -> DictConfig:
     )
 
 
+@dataclass
+class Composed:
+    """A composed config and where its recipe values came from.
+
+    Attributes:
+        cfg: the resolved run config.
+        sources: dotted key -> where its value came from, for every key a method recipe set (the recipe's
+            ``source``) or the command line overrode (``command line``).
+        recipe_values: dotted key -> (value, source) for the recipe values that differ from what the key would
+            be without the method's recipes.
+    """
+
+    cfg: DictConfig
+    sources: dict[str, str] = field(default_factory=dict)
+    recipe_values: dict[str, tuple[Any, str]] = field(default_factory=dict)
+
+
 def compose(args: list[str] | tuple[str, ...] = (), root: Path | None = None) -> DictConfig:
     """Build the resolved run config from command-line style ``key=value`` arguments."""
+    return compose_annotated(args, root).cfg
+
+
+def compose_annotated(args: list[str] | tuple[str, ...] = (), root: Path | None = None) -> Composed:
+    """`compose`, also telling where each recipe-set value came from.
+
+    Order: ``defaults.yaml``, the group files, the method's ``recipes`` that match the run (in file order, later
+    ones win), then the command-line overrides. A recipe's ``when`` is tested on the config *with* the overrides
+    (``protocol.shots=4`` on the command line selects the 4-shot recipe) and nothing is resolved before the end,
+    so interpolations such as ``output_dir`` follow every value that is set later.
+    """
     root = root or config_dir()
     cfg = _load_yaml(root / "defaults.yaml")
     choices = OmegaConf.to_container(cfg.pop("defaults", {}))
@@ -100,18 +130,46 @@ def compose(args: list[str] | tuple[str, ...] = (), root: Path | None = None) ->
         if value in (None, "???"):
             raise UserError(f"choose a {group}: {group}=NAME with NAME one of {', '.join(group_options(group, root))}")
         cfg[group] = OmegaConf.merge(cfg[group], _group_config(group, str(value), root))
+    recipes = _read_recipes(cfg.method.pop("recipes"), f"method {cfg.method.get('name')}", cfg)
     OmegaConf.set_struct(cfg, True)
-    _apply_recipe(cfg)
-    _apply_overrides(cfg, overrides)
+    _open_init_args(cfg)
+    plain = _with_overrides(cfg, overrides)
+    matched: list[Recipe] = []
+    for _ in range(len(recipes) + 1):  # a recipe may set a key that another recipe's `when` reads
+        with_recipes = _with_overrides(_apply_recipes(cfg, matched), overrides)
+        now = [r for r in recipes if r.matches(with_recipes)]
+        if now == matched:
+            break
+        matched = now
+    else:
+        raise UserError(f"the recipes of method {cfg.method.name} do not settle: each one's `when` changes "
+                        "which others apply")
+    cfg = with_recipes
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"these keys need a value: {', '.join(missing)}")
-    try:
-        OmegaConf.resolve(cfg)
-    except OmegaConfBaseException as e:
-        raise UserError(f"config interpolation failed: {e}") from e
+    for c in (cfg, plain):
+        try:
+            OmegaConf.resolve(c)
+        except OmegaConfBaseException as e:
+            raise UserError(f"config interpolation failed: {e}") from e
+    check_ranges(cfg)
     _check_init_args(cfg)
-    return cfg
+    sources = {key: r.source for r in matched for key in _leaf_keys(r.values)}
+    recipe_values = {}
+    for key, source in sources.items():
+        value, default = OmegaConf.select(cfg, key), OmegaConf.select(plain, key)
+        if value != default:
+            recipe_values[key] = (value, source)
+    sources.update({key: "command line" for key, _ in overrides})
+    return Composed(cfg, sources, recipe_values)
+
+
+def _with_overrides(cfg: DictConfig, overrides: list[tuple[str, str]]) -> DictConfig:
+    """A copy of ``cfg`` with ``key=value`` overrides applied."""
+    out = copy.deepcopy(cfg)
+    _apply_overrides(out, overrides)
+    return out
 
 
 def _apply_overrides(cfg: DictConfig, overrides: list[tuple[str, str]]) -> None:
@@ -121,16 +179,86 @@ def _apply_overrides(cfg: DictConfig, overrides: list[tuple[str, str]]) -> None:
         _override(cfg, key, value)
 
 
-def _apply_recipe(cfg: DictConfig) -> None:
-    """Merge the method's ``recipe`` (its paper's batch size, epochs...) over the defaults, in struct mode."""
-    recipe = cfg.method.get("recipe")
-    if recipe:
+# ---------------------------------------------------------------------------------------------- recipes
+WHEN_ALIASES = {"dataset": "dataset.name", "protocol": "protocol.name", "shots": "protocol.shots",
+                "model": "model.name", "method": "method.name"}
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One entry of a method's ``recipes``: the values of ``set`` apply to runs that match every ``when`` key
+    (a value or a list of accepted values); ``source`` names the paper or the authors' file they come from."""
+
+    when: tuple[tuple[str, tuple], ...]
+    values: Any  # a DictConfig merged over the config
+    source: str
+    index: int
+
+    def matches(self, cfg: DictConfig) -> bool:
+        return all(OmegaConf.select(cfg, key) in accepted for key, accepted in self.when)
+
+
+def _read_recipes(raw: Any, where: str, cfg: DictConfig) -> list[Recipe]:
+    """Check a method's ``recipes`` list; errors name the entry and the bad key."""
+    if raw is None:
+        return []
+    if not isinstance(raw, ListConfig):
+        raise UserError(f"{where}: recipes must be a list of {{when, set, source}} entries")
+    recipes = []
+    for i, entry in enumerate(raw):
+        here = f"{where}: recipes[{i}]"
+        if not isinstance(entry, DictConfig) or set(entry) - {"when", "set", "source"} or "set" not in entry:
+            shown = OmegaConf.to_container(entry) if isinstance(entry, DictConfig | ListConfig) else entry
+            raise UserError(f"{here} must be a mapping with 'set' (and optionally 'when', 'source'), got {shown!r}")
+        when = []
+        for key, accepted in (entry.get("when") or {}).items():
+            path = WHEN_ALIASES.get(str(key), str(key))
+            if OmegaConf.select(cfg, path, default=_ABSENT, throw_on_resolution_failure=False) is _ABSENT:
+                raise UserError(f"{here}.when: unknown config key {key!r} (use dataset, protocol, shots, model, "
+                                "method or a dotted config key)")
+            values = list(accepted) if isinstance(accepted, ListConfig) else [accepted]
+            when.append((path, tuple(values)))
+        if not isinstance(entry.set, DictConfig):
+            raise UserError(f"{here}.set must be a mapping of config keys to values")
+        recipes.append(Recipe(tuple(when), entry.set, str(entry.get("source") or f"{where} recipes[{i}]"), i))
+    return recipes
+
+
+def _apply_recipes(cfg: DictConfig, recipes: list[Recipe]) -> DictConfig:
+    """``cfg`` with the ``set`` of each recipe merged over it, in order (struct mode: unknown keys are errors)."""
+    out = copy.deepcopy(cfg)
+    for r in recipes:
         try:
-            merged = OmegaConf.merge(cfg, recipe)
+            out = OmegaConf.merge(out, r.values)
         except OmegaConfBaseException as e:
-            raise UserError(f"method.recipe of {cfg.method.name}: {e}") from e
-        for key in cfg:
-            cfg[key] = merged[key]
+            raise UserError(f"method {cfg.method.name}: recipes[{r.index}] ({r.source}): {e.msg}") from e
+    return out
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every leaf under ``node``."""
+    if isinstance(node, DictConfig):
+        return [k for key in node for k in _leaf_keys(node._get_node(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")]
+
+
+def annotated_yaml(cfg: DictConfig, sources: dict[str, str]) -> str:
+    """``cfg`` as YAML with ``# source`` beside every value whose dotted key is in ``sources``."""
+    lines, stack = [], []  # stack of (indent, key) down to the current line
+    for line in OmegaConf.to_yaml(cfg).splitlines():
+        stripped = line.lstrip(" ")
+        indent = len(line) - len(stripped)
+        if stripped.startswith("- ") or ":" not in stripped:
+            lines.append(line)
+            continue
+        key = stripped.split(":", 1)[0].strip("'\"")
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, key))
+        path = ".".join(k for _, k in stack)
+        lines.append(f"{line}  # {sources[path]}" if path in sources else line)
+    return "\n".join(lines) + "\n"
 
 
 def _open_init_args(cfg: Any) -> None:
@@ -162,6 +290,8 @@ def _override(cfg: DictConfig, key: str, value: str) -> None:
     if not isinstance(parent, DictConfig):
         raise UserError(f"{key}={value}: {parent_key!r} is not a config section")
     new = _parse(value)
+    if leaf not in parent and leaf.isdigit() and int(leaf) in parent:  # integer keys: protocol.epochs.16
+        leaf = int(leaf)
     if leaf not in parent:
         if OmegaConf.is_struct(parent):
             valid = sorted(str(k) for k in parent)
@@ -191,6 +321,48 @@ def _check_type(key: str, old: Any, new: Any) -> None:
             return
     if isinstance(old, DictConfig | ListConfig) and type(new) in (int, float, bool, str):
         raise UserError(f"{key}={new!r}: expected a {'mapping' if isinstance(old, DictConfig) else 'list'}")
+
+
+# ------------------------------------------------------------------------------------------- value ranges
+# Every numeric key of the schema with the values it accepts: (test, what the error says). None is accepted
+# where the key's default is null (optional).
+_INT = (int,)
+_NUM = (int, float)
+RANGES: dict[str, tuple[tuple, Any, str]] = {
+    "seed": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "protocol.shots": (_INT, lambda v: v == -1 or v >= 1, "images per class >= 1, or -1 for all"),
+    "optim.lr": (_NUM, lambda v: v > 0, "a number > 0"),
+    "optim.momentum": (_NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "optim.weight_decay": (_NUM, lambda v: v >= 0, "a number >= 0"),
+    "optim.max_epochs": (_INT, lambda v: v >= 1, "an integer >= 1 (or null: protocol.epochs[shots])"),
+    "optim.warmup_epochs": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "optim.warmup_lr": (_NUM, lambda v: v >= 0, "a number >= 0"),
+    "data.batch_size": (_INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.eval_batch_size": (_INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.cache_views": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "dataset.n_classes": (_INT, lambda v: v >= 1, "an integer >= 1 (or null)"),
+    "trainer.check_val_every_n_epoch": (_INT, lambda v: v >= 1, "an integer >= 1 (or null: no validation)"),
+    "trainer.log_every_n_steps": (_INT, lambda v: v >= 1, "an integer >= 1"),
+    "runtime.num_workers": (_INT, lambda v: v >= 0, "an integer >= 0"),
+}
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Every numeric key within its range (`RANGES`), and the few structured numeric values; one-line errors
+    naming the key, the value and what is accepted."""
+    for key, (types, ok, accepted) in RANGES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if type(value) not in types or not ok(value):
+            raise UserError(f"{key}={value!r}: expected {accepted}")
+    scale = OmegaConf.select(cfg, "data.crop_scale", default=None)
+    if scale is not None and not (len(scale) == 2 and all(type(v) in _NUM for v in scale)
+                                  and 0 < scale[0] <= scale[1] <= 1):
+        raise UserError(f"data.crop_scale={list(scale)!r}: expected [min, max] with 0 < min <= max <= 1")
+    for shots, epochs in (OmegaConf.select(cfg, "protocol.epochs", default=None) or {}).items():
+        if type(epochs) is not int or epochs < 1:
+            raise UserError(f"protocol.epochs.{shots}={epochs!r}: expected an integer >= 1")
 
 
 # ----------------------------------------------------------------------------------------- instantiation
@@ -271,5 +443,6 @@ def compose_from_run(run_dir: str | Path, args: list[str] | tuple[str, ...] = ()
             overrides.append((key, value))
     OmegaConf.set_struct(cfg, True)
     _apply_overrides(cfg, overrides)
+    check_ranges(cfg)
     _check_init_args(cfg)
     return cfg

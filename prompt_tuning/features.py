@@ -2,9 +2,12 @@
 
 Text-side prompt methods never change the image tower, so each image's feature under a given transform is a
 constant: it is computed once and reused across methods, seeds, shots and evaluations. A cache entry is keyed by
-the model (architecture + weights identity), the transform (its full ``repr``), the view index and the exact list
-of images; it is written to a temporary file and renamed (never half-written), and its shape is checked when
-read (a damaged entry is recomputed).
+everything that determines its numbers: a digest of the image tower (its module structure, activation included,
+and every weight and buffer, so two random initialisations never share an entry), the device kind, the transform
+(its full ``repr``), the view index (and for augmented views the seed they are drawn with), the stored dtype and,
+per image in order, its path, size and modification time (an edited image is encoded again). An entry is written
+to a temporary file and renamed (never half-written), and its shape is checked when read (a damaged entry is
+recomputed). Each use logs one line, ``built`` or ``reused``, with the key's short digest.
 
 Training with augmentation can use ``cache_views: N`` pre-computed augmented views per image (view ``v`` is
 drawn with a seed derived from ``(seed, v)``, so it is reproducible); each training step then picks one view per
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +31,10 @@ from tqdm import tqdm
 from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.data.datamodule import ImageDataset
 from prompt_tuning.data.datasets import Item
+from prompt_tuning.errors import UserError
 from prompt_tuning.results import atomic_path
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -50,12 +57,18 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    @staticmethod
-    def key(clip: FrozenCLIP, items: list[Item], transform: Callable, view: int) -> str:
-        """The entry name: a hash of model, weights, transform, view and the image list."""
-        images = hashlib.sha256("\n".join(f"{it.path}\t{it.label}" for it in items).encode()).hexdigest()
-        ident = json.dumps({"model": clip.name, "weights": clip.weights, "transform": repr(transform),
-                            "view": view, "images": images}, sort_keys=True)
+    def key(self, clip: FrozenCLIP, items: list[Item], transform: Callable, view: int, seed: int = 0) -> str:
+        """The entry name: a hash of the image tower's digest, the device kind, the transform, the view (and the
+        seed of an augmented view), the stored dtype and each image's path, size and modification time."""
+        ident = json.dumps({
+            "dtype": str(self.dtype),
+            "image_tower": clip.image_tower_digest(),
+            "device": clip.device.type,
+            "transform": repr(transform),
+            "view": view,
+            "seed": seed if view else None,  # view 0 is the deterministic evaluation transform
+            "images": images_digest(items),
+        }, sort_keys=True)
         return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
     def _path(self, key: str) -> Path:
@@ -79,18 +92,33 @@ class FeatureCache:
     def features(self, clip: FrozenCLIP, items: list[Item], transform: Callable, view: int = 0,
                  seed: int = 0) -> torch.Tensor:
         """Normalised features ``(N, d)`` of ``items`` under ``transform`` (``view`` > 0: augmented view)."""
-        key = self.key(clip, items, transform, view)
+        key = self.key(clip, items, transform, view, seed)
         path = self._path(key)
+        what = f"{len(items)} images" + (f", view {view}" if view else "")
         cached = self._read(path, len(items), clip.embed_dim)
         if cached is not None:
             self.hits += 1
+            log.info("feature cache: reused %s (%s)", key[:8], what)
             return cached.float()
         self.misses += 1
         features = encode_items(clip, items, transform, self.batch_size, seed=seed * 1009 + view,
                                 desc=f"image features (view {view})" if view else "image features",
                                 progress=self.progress)
         self._write(path, features.to(self.dtype))
+        log.info("feature cache: built %s (%s) in %s", key[:8], what, self.root)
         return features.to(self.dtype).float()
+
+
+def images_digest(items: list[Item]) -> str:
+    """A digest of the image list in order: each image's path, size and modification time (ns)."""
+    h = hashlib.sha256()
+    for it in items:
+        try:
+            st = os.stat(it.path)
+        except OSError as e:
+            raise UserError(f"image {it.path} cannot be read: {e.strerror}") from e
+        h.update(f"{it.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def encode_items(clip: FrozenCLIP, items: list[Item], transform: Callable, batch_size: int = 100, seed: int = 0,

@@ -23,27 +23,34 @@ def fewshot_curves(table: dict, path: Path) -> Path:
 
 
 def curves_figure(table: dict):
-    """The figure of `fewshot_curves` (panels in dataset order, the average last)."""
+    """The figure of `fewshot_curves` (panels in dataset order, the average last). Methods without shots
+    (zero-shot CLIP) are a dashed horizontal line."""
     methods = sorted({m for m, _ in table})
     datasets = sorted({d for rows in table.values() for d in rows if d != AVERAGE})
     panels = datasets + ([AVERAGE] if len(datasets) > 1 else [])
+    ticks = sorted({s for (_, s) in table if s is not None})
     cols = min(4, len(panels))
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     for ax, dataset in zip(axes.flat, panels):
-        for method in methods:
+        for k, method in enumerate(methods):
+            color = f"C{k}"
+            flat = table.get((method, None), {}).get(dataset, {}).get("acc")
+            if flat is not None:
+                ax.axhline(flat[0], color=color, linestyle="--", label=method)
             points = sorted((shots, rows_[dataset]["acc"]) for (m, shots), rows_ in table.items()
-                            if m == method and "acc" in rows_.get(dataset, {}))
+                            if m == method and shots is not None and "acc" in rows_.get(dataset, {}))
             if not points:
                 continue
             shots = [s for s, _ in points]
             mean = [v[0] for _, v in points]
             std = [v[1] for _, v in points]
-            ax.plot(shots, mean, marker="o", label=method)
-            ax.fill_between(shots, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-        ax.set_xscale("log", base=2)
-        ticks = sorted({s for (_, s) in table})
-        ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.plot(shots, mean, marker="o", color=color, label=method)
+            ax.fill_between(shots, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=color, alpha=0.2)
+        if ticks:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.set_title(dataset)
         ax.set_xlabel("shots per class")
         ax.set_ylabel("accuracy (%)")

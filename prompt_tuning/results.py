@@ -98,26 +98,45 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+def shots_of(result: dict) -> int | None:
+    """The shots a result was trained with; None for a method that trains nothing (zero-shot CLIP), whose
+    numbers do not depend on the shots (results written before ``trainable`` existed: ``epochs == 0``)."""
+    trainable = result.get("trainable", result.get("epochs", 1) > 0)
+    return result["shots"] if trainable else None
+
+
 def aggregate(results: list[dict], expected: dict | None = None) -> dict:
     """Mean and std over seeds, per (method, shots, dataset, metric), plus the across-dataset average.
 
-    Returns ``{(method, shots): {dataset: {metric: (mean, std, n_seeds)}}}``. The average row takes the mean of
-    the per-dataset means, only where every dataset has the metric; its ``hm`` is the harmonic mean of the
-    averaged base and novel accuracies, as the papers compute it. ``expected`` (``{(method, shots): [datasets]}``)
+    Returns ``{(method, shots): {dataset: {metric: (mean, std, n_seeds)}}}``; ``shots`` is None for methods that
+    train nothing (zero-shot CLIP: one entry per dataset and seed, whatever shots its runs were given). At every
+    level ``hm`` is the harmonic mean of the seed-averaged (then dataset-averaged) base and novel accuracies, as
+    the papers compute it; its std is that of the per-seed HMs. The average row takes the mean of the
+    per-dataset means, only where every dataset has the metric. ``expected`` (``{(method, shots): [datasets]}``)
     adds the missing ones as empty entries, so they show as missing, never as zero.
     """
     groups: dict = {}
+    seen = set()
     for r in results:
-        per_dataset = groups.setdefault((method_label(r), r["shots"]), {}).setdefault(r["dataset"], {})
+        shots = shots_of(r)
+        label = method_label(r)
+        if shots is None:  # the same zero-shot numbers, whatever shots the grid gave the run
+            once = (label, r["dataset"], r.get("protocol"), r.get("seed"))
+            if once in seen:
+                continue
+            seen.add(once)
+        per_dataset = groups.setdefault((label, shots), {}).setdefault(r["dataset"], {})
         for metric, value in r["metrics"].items():
             if metric in MAIN_METRICS or metric.endswith("/acc"):
                 per_dataset.setdefault(metric, []).append(value)
-    for key, datasets in (expected or {}).items():
+    shotless = {m for m, k in groups if k is None}
+    for (method, shots), datasets in (expected or {}).items():
+        key = (method, None) if method in shotless else (method, shots)
         for d in datasets:
             groups.setdefault(key, {}).setdefault(d, {})
     table = {}
     for key, datasets in groups.items():
-        rows = {d: {m: (*_mean_std(v), len(v)) for m, v in metrics.items()} for d, metrics in datasets.items()}
+        rows = {d: _summary(metrics) for d, metrics in datasets.items()}
         metrics = sorted({m for row in rows.values() for m in row})
         complete = [m for m in metrics if all(m in row for row in rows.values())]
         avg = {m: (sum(row[m][0] for row in rows.values()) / len(rows), 0.0, 0) for m in complete}
@@ -127,6 +146,14 @@ def aggregate(results: list[dict], expected: dict | None = None) -> dict:
             rows[AVERAGE] = avg
         table[key] = rows
     return table
+
+
+def _summary(metrics: dict[str, list[float]]) -> dict[str, tuple[float, float, int]]:
+    """``{metric: (mean, std, n)}`` over seeds; ``hm`` from the mean base and novel accuracies."""
+    row = {m: (*_mean_std(v), len(v)) for m, v in metrics.items()}
+    if "base_acc" in row and "novel_acc" in row and "hm" in row:
+        row["hm"] = (harmonic_mean(row["base_acc"][0], row["novel_acc"][0]), row["hm"][1], row["hm"][2])
+    return row
 
 
 def _published(published: dict | None, method: str, dataset: str, metric: str) -> float | None:
@@ -145,11 +172,11 @@ def format_table(table: dict, fmt: str = "md", published: dict | None = None) ->
     for m in metrics:
         header += [m] + ([f"{m} (published)", f"{m} (diff)"] if published else [])
     lines = []
-    for (method, shots), rows in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (method, shots), rows in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         names = sorted(d for d in rows if d != AVERAGE) + ([AVERAGE] if AVERAGE in rows else [])
         for dataset in names:
             row = rows[dataset]
-            cells = [method, str(shots), dataset]
+            cells = [method, "-" if shots is None else str(shots), dataset]
             for m in metrics:
                 if m in row:
                     mean, std, n = row[m]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 import warnings
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from prompt_tuning.clip import FrozenCLIP
-from prompt_tuning.config import dataset_section, instantiate, run_hash
+from prompt_tuning.config import NOT_HASHED, annotated_yaml, dataset_section, instantiate, run_hash
 from prompt_tuning.contexts.base import Context, Task
 from prompt_tuning.data.datamodule import ImageDataset, PromptDataModule
 from prompt_tuning.data.datasets import Item, classnames_of
@@ -26,7 +27,15 @@ from prompt_tuning.errors import UserError
 from prompt_tuning.features import FeatureCache, FeatureDataset
 from prompt_tuning.locks import RunLock
 from prompt_tuning.module import PromptTuner
-from prompt_tuning.results import CONFIG_FILE, RESULT_FILE, harmonic_mean, versions, write_atomic, write_json
+from prompt_tuning.results import (
+    CONFIG_FILE,
+    RESULT_FILE,
+    harmonic_mean,
+    read_result,
+    versions,
+    write_atomic,
+    write_json,
+)
 
 CKPT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
@@ -64,10 +73,7 @@ def build(cfg: DictConfig) -> Setup:
     splits = dataset.load()
     names = classnames_of(splits["train"] + splits["val"] + splits["test"], f"dataset {dataset.name}")
 
-    shots = cfg.protocol.shots
-    if shots == 0 or shots < -1:
-        raise UserError(f"protocol.shots={shots}: give the images per class (1, 2, 4, 8, 16...) or -1 for all")
-    train, val = cached_few_shot(dataset, splits["train"], splits["val"], shots, cfg.seed)
+    train, val = cached_few_shot(dataset, splits["train"], splits["val"], cfg.protocol.shots, cfg.seed)
     train, val = subsample_classes(train, val, subsample=cfg.protocol.subsample)
     train_task = Task(_names(names, cfg.protocol.subsample), dataset.template)
     eval_sets = {}
@@ -201,18 +207,50 @@ def evaluate(setup: Setup, trainer: pl.Trainer) -> dict[str, float]:
     return metrics
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, sources: dict[str, str] | None = None) -> dict:
     """Train (unless the method has nothing to learn), test, and write ``result.json`` + ``config.yaml``.
 
-    The run folder is locked while it trains; with ``resume=true`` a killed run continues from
-    ``checkpoints/last.ckpt`` and ends with the numbers of an uninterrupted run.
+    Nothing is written to the run folder until the run's data, model and method are built: a run that fails
+    its setup leaves a finished run in the same folder as it was. A finished run of another configuration is
+    only replaced with ``overwrite=true``. The run folder is locked while it trains; with ``resume=true`` a
+    killed run continues from ``checkpoints/last.ckpt`` and ends with the numbers of an uninterrupted run.
+    ``sources`` (from `compose_annotated`) are written as comments beside the values recipes set.
     """
     run_dir = Path(cfg.output_dir)
     config_hash = run_hash(cfg)
     with RunLock(run_dir):
-        previous = saved_hash(run_dir)
-        write_atomic(run_dir / CONFIG_FILE, f"# run hash: {config_hash}\n" + OmegaConf.to_yaml(cfg))
-        return _train(cfg, run_dir, config_hash, previous)
+        finished = read_result(run_dir)
+        if finished is not None and finished.get("config_hash") != config_hash and not cfg.overwrite:
+            raise UserError(
+                f"{run_dir} holds a finished run of another configuration (run hash {finished.get('config_hash')}, "
+                f"this one {config_hash}; {_differences(run_dir, cfg)}): choose another output_dir, or pass "
+                "overwrite=true to replace it"
+            )
+        return _train(cfg, run_dir, config_hash, sources or {})
+
+
+def _differences(run_dir: Path, cfg: DictConfig, most: int = 8) -> str:
+    """The keys whose values differ between a run folder's config.yaml and ``cfg``, for error messages."""
+    try:
+        old = _flat(OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=True))
+    except Exception:  # noqa: BLE001 - only an error message's detail
+        return "its config.yaml cannot be read"
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    keys = sorted(k for k in old.keys() | new.keys()
+                  if old.get(k) != new.get(k) and k.split(".")[0] not in NOT_HASHED)
+    shown = [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in keys[:most]]
+    more = f", and {len(keys) - most} more" if len(keys) > most else ""
+    return "differing keys: " + ", ".join(shown) + more if keys else "no key differs: the hash scheme changed"
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def saved_hash(run_dir: Path) -> str | None:
@@ -224,28 +262,36 @@ def saved_hash(run_dir: Path) -> str | None:
     return first.removeprefix("# run hash: ") if first.startswith("# run hash: ") else None
 
 
-def _train(cfg: DictConfig, run_dir: Path, config_hash: str, previous_hash: str | None) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, str]) -> dict:
     quiet_lightning()
     start = time.time()
+    previous_hash = saved_hash(run_dir)
     setup = build(cfg)
     max_epochs = setup.module.schedule["max_epochs"]
+    if setup.module.trainable and setup.datamodule.train_set is None:
+        raise UserError(
+            f"dataset {cfg.dataset.name} has no training images (a test-only dataset?): train on another "
+            f"dataset and test here with `prompt-tuning eval RUN dataset={cfg.dataset.name}`"
+        )
+    last = run_dir / CKPT_DIR / LAST_CKPT
+    resuming = bool(cfg.resume) and setup.module.trainable and last.is_file()
+    if resuming and previous_hash != config_hash:
+        raise UserError(f"cannot resume from {last}: it was written by another configuration "
+                        f"(run hash {previous_hash}, this one {config_hash}); drop resume=true to start over")
+    if resuming:
+        load_checkpoint(last)  # tensors only, or a one-line refusal (Lightning then loads it the same way)
+    # setup succeeded: from here on the folder belongs to this configuration
+    finished = read_result(run_dir)
+    if finished is not None and finished.get("config_hash") != config_hash:  # overwrite=true
+        (run_dir / RESULT_FILE).unlink()
+    if not resuming:
+        for stale in (run_dir / CKPT_DIR).glob("*.ckpt"):  # a fresh run never continues old weights
+            stale.unlink()
+    write_atomic(run_dir / CONFIG_FILE, f"# run hash: {config_hash}\n" + annotated_yaml(cfg, sources))
     trainer = make_trainer(cfg, run_dir, max_epochs)
     if setup.module.trainable:
-        if setup.datamodule.train_set is None:
-            raise UserError(
-                f"dataset {cfg.dataset.name} has no training images (a test-only dataset?): train on another "
-                f"dataset and test here with `prompt-tuning eval RUN dataset={cfg.dataset.name}`"
-            )
-        last = run_dir / CKPT_DIR / LAST_CKPT
-        if cfg.resume and last.is_file():
-            if previous_hash != config_hash:
-                raise UserError(f"cannot resume from {last}: it was written by another configuration "
-                                f"(run hash {previous_hash}, this one {config_hash}); drop resume=true to start over")
-        else:
-            for stale in (run_dir / CKPT_DIR).glob("*.ckpt"):  # a fresh run never continues old weights
-                stale.unlink()
-        trainer.fit(setup.module, datamodule=setup.datamodule,
-                    ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+        trainer.fit(setup.module, datamodule=setup.datamodule, ckpt_path=str(last) if resuming else None,
+                    weights_only=True)
     metrics = evaluate(setup, trainer)
     result = {
         "method": cfg.method.name,
@@ -256,6 +302,7 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, previous_hash: str 
         "model": f"{cfg.model.name}/{setup.clip.weights}",
         "config_hash": config_hash,
         "tags": OmegaConf.to_container(cfg.tags),
+        "trainable": setup.module.trainable,  # false: zero-shot, the shots do not apply
         "epochs": max_epochs if setup.module.trainable else 0,
         "metrics": metrics,
         "wall_time_s": round(time.time() - start, 2),
@@ -265,16 +312,29 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, previous_hash: str 
     return result
 
 
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's contents, loaded with ``weights_only=True``: tensors and plain containers only, so a file
+    someone shared cannot run code here. Anything else is refused with a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} holds more than tensors (refused, it could run code): {first}") from e
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise UserError(f"checkpoint {path} cannot be read: {' '.join(str(e).split())[:300]}") from e
+
+
 def load_context_state(module: PromptTuner, checkpoint: str | Path) -> None:
     """Load the learned parameters of a checkpoint into ``module``, strictly."""
     path = Path(checkpoint)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
+    state = load_checkpoint(path)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
     try:
         module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         detail = " ".join(str(e).split())  # torch's message spans lines
         raise UserError(
             f"checkpoint {path} does not fit this method/class set "

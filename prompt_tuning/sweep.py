@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from prompt_tuning.config import compose, run_hash
+from prompt_tuning.config import Composed, compose_annotated, run_hash
 from prompt_tuning.errors import UserError
 from prompt_tuning.locks import RunLock
 from prompt_tuning.results import read_result, write_atomic
@@ -103,37 +103,50 @@ def expected_runs(exp: dict) -> dict | None:
 
 
 def status(cfg) -> str:
-    """``done`` (result with the same hash), ``running`` (locked by a live process), or ``todo``."""
+    """``done`` (result with the same hash), ``running`` (locked by a live process), ``changed`` (a finished
+    result of another configuration: replaced only with ``--overwrite``), or ``todo``."""
     out = Path(cfg.output_dir)
     result = read_result(out)
     if result is not None and result.get("config_hash") == run_hash(cfg):
         return "done"
     if RunLock(out).holder() is not None:
         return "running"
+    if result is not None and not cfg.overwrite:
+        return "changed"
     return "todo"
 
 
+def recipe_note(composed: Composed) -> str:
+    """The recipe values of a run that differ from the method's defaults, e.g. ``optim.max_epochs=50``."""
+    return " ".join(f"{k}={v}" for k, (v, _) in sorted(composed.recipe_values.items()))
+
+
 def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progress: bool = False,
-          log=print) -> dict[str, int]:
+          log=print, overwrite: bool = False) -> dict[str, int]:
     """Run the missing runs of an experiment; returns counts of done / ran / failed / running."""
     from prompt_tuning.runner import train
 
     exp = load_experiment(path)
     runs = expand(exp, only)
-    cfgs = []
+    composed = []
     for run in runs:
-        cfg = compose([*run.args, f"runtime.progress={str(progress).lower()}"])
-        run.output_dir = Path(cfg.output_dir)
-        cfgs.append(cfg)
+        c = compose_annotated([*run.args, f"runtime.progress={str(progress).lower()}",
+                               f"overwrite={str(overwrite).lower()}"])
+        run.output_dir = Path(c.cfg.output_dir)
+        composed.append(c)
+    cfgs = [c.cfg for c in composed]
     states = [status(cfg) for cfg in cfgs]
     counts = {"total": len(runs), "done": states.count("done"), "running": states.count("running"),
-              "ran": 0, "failed": 0}
+              "changed": states.count("changed"), "ran": 0, "failed": 0}
     todo = [i for i, s in enumerate(states) if s == "todo"]
     log(f"experiment {exp['name']}: {len(runs)} runs, {counts['done']} done, {counts['running']} running "
-        f"elsewhere, {len(todo)} to run")
+        f"elsewhere, {len(todo)} to run" + (f", {counts['changed']} finished under another configuration "
+                                             "(kept; --overwrite replaces them)" if counts["changed"] else ""))
     if dry_run:
-        for run, state in zip(runs, states):
-            log(f"  [{state:7s}] {run.describe()}  ->  {run.output_dir}")
+        for run, state, c in zip(runs, states, composed):
+            note = recipe_note(c)
+            log(f"  [{state:7s}] {run.describe()}  ->  {run.output_dir}" + (f"\n            recipe: {note}"
+                                                                           if note else ""))
         return counts
     write_atomic(Path(exp["output"]) / "experiment.yaml", Path(path).read_text())  # for `table` and `plot`
     started = time.time()
@@ -144,7 +157,7 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
         eta = (time.time() - started) / (n - 1) * (len(todo) - n + 1) if n > 1 else None
         log(f"[{n}/{len(todo)}] {run.describe()}" + (f"  (ETA {eta / 60:.1f} min)" if eta is not None else ""))
         try:
-            result = train(cfg)
+            result = train(cfg, composed[i].sources)
             counts["ran"] += 1
             log(f"    {', '.join(f'{k}={v:.2f}' for k, v in result['metrics'].items() if 'macro' not in k)}")
         except UserError as e:
@@ -154,7 +167,9 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
             counts["failed"] += 1
             log(f"    FAILED: {e}")
     log(f"done: {counts['ran']} ran, {counts['done']} were done, {counts['failed']} failed, "
-        f"{counts['running']} running elsewhere; results under {exp['output']}")
+        f"{counts['running']} running elsewhere"
+        + (f", {counts['changed']} kept under another configuration" if counts["changed"] else "")
+        + f"; results under {exp['output']}")
     return counts
 
 
@@ -166,9 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="list the runs and what is already done")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE", help="run a slice of the grid")
     p.add_argument("--progress", action="store_true", help="progress bars inside each run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rerun runs whose folder holds a finished result of another configuration")
     args = p.parse_args(argv)
     counts = sweep(args.experiment, args.only, args.dry_run, args.progress,
-                   log=lambda m: print(m, flush=True))
+                   log=lambda m: print(m, flush=True), overwrite=args.overwrite)
     return 1 if counts["failed"] else 0
 
 

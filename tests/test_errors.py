@@ -47,7 +47,7 @@ def case_unknown_method_argument(data, tmp_path):
 
 
 def case_shots_zero(data, tmp_path):
-    return _train(data, tmp_path, "protocol.shots=0"), r"protocol.shots=0: give the images per class"
+    return _train(data, tmp_path, "protocol.shots=0"), r"protocol.shots=0: expected images per class >= 1"
 
 
 def case_shots_too_many(data, tmp_path):

@@ -65,6 +65,7 @@ def test_killed_run_resumes_to_the_numbers_of_an_uninterrupted_run(shapes_dir, t
 def test_resume_refuses_a_checkpoint_of_another_configuration(shapes_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *_args(shapes_dir, out)]) == 0
+    (out / "result.json").unlink()  # as if killed after its last checkpoint
     assert main(["train", *_args(shapes_dir, out, "optim.lr=0.01"), "resume=true"]) == 2
     assert "written by another configuration" in capsys.readouterr().err
 

@@ -61,7 +61,7 @@ def test_published_column_and_difference_in_md_csv_latex():
 def test_each_paper_experiment_dry_runs_to_the_right_number_of_runs(name, runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     counts = sweep_mod.sweep(REPO / "experiments" / f"{name}.yaml", dry_run=True, log=lambda m: None)
-    assert counts == {"total": runs, "done": 0, "running": 0, "ran": 0, "failed": 0}
+    assert counts == {"total": runs, "done": 0, "running": 0, "changed": 0, "ran": 0, "failed": 0}
 
 
 def _tiny_experiment(tmp_path, shapes_dir):
@@ -80,11 +80,11 @@ def test_killed_sweep_resumes_running_only_the_missing_runs(tmp_path, shapes_dir
 
     real, calls = runner.train, []
 
-    def dying_train(cfg):
+    def dying_train(cfg, sources=None):
         calls.append(cfg.output_dir)
         if len(calls) == 4:
             raise KeyboardInterrupt  # the sweep is killed during its 4th run
-        return real(cfg)
+        return real(cfg, sources)
 
     monkeypatch.setattr(runner, "train", dying_train)
     with pytest.raises(KeyboardInterrupt):
@@ -92,7 +92,7 @@ def test_killed_sweep_resumes_running_only_the_missing_runs(tmp_path, shapes_dir
     assert len(list((tmp_path / "out").rglob("result.json"))) == 3
 
     calls.clear()
-    monkeypatch.setattr(runner, "train", lambda cfg: calls.append(cfg.output_dir) or real(cfg))
+    monkeypatch.setattr(runner, "train", lambda cfg, sources=None: calls.append(cfg.output_dir) or real(cfg, sources))
     counts = sweep_mod.sweep(exp, log=lambda m: None)
     assert counts["done"] == 3 and counts["ran"] == 5 and len(calls) == 5
     assert len(list((tmp_path / "out").rglob("result.json"))) == 8
@@ -110,7 +110,8 @@ def test_sweep_table_plot_end_to_end_offline(tmp_path, shapes_dir, capsys):
     capsys.readouterr()
     assert main(["table", str(tmp_path / "out")]) == 0
     table = capsys.readouterr().out
-    assert table.count("| coop |") == 2 and table.count("| zeroshot |") == 2  # shots 1 and 2
+    assert table.count("| coop |") == 2  # shots 1 and 2
+    assert table.count("| zeroshot | - | shapes0 | 11.11 ± 0.00 (2) |") == 1  # no shots: one row, 2 seeds
     assert main(["plot", str(tmp_path / "out")]) == 0
     png = tmp_path / "out" / "plots" / "fewshot_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,6 +9,7 @@ JSON atomically. A read-only dataset folder only costs the cache, with a warning
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import warnings
@@ -71,6 +72,19 @@ def _relative(items: list[Item], root: Path) -> list[list]:
     return out
 
 
+def _check_drawn_from(subset: list[Item], split: list[Item], path: Path, name: str) -> None:
+    """A cached subset must come from the dataset's current split (same images, same labels): a cache left
+    over from another split file would otherwise train on other images, even test images, silently."""
+    known = {(os.path.realpath(it.path), it.label) for it in split}
+    strays = [it for it in subset if (os.path.realpath(it.path), it.label) not in known]
+    if strays:
+        raise UserError(
+            f"few-shot cache {path} does not match the dataset's {name} split: {len(strays)} of its "
+            f"{len(subset)} images are not in it with the same label (e.g. {strays[0].path}); it was drawn from "
+            "another split file: delete it to draw the subset again"
+        )
+
+
 def cached_few_shot(dataset, train: list[Item], val: list[Item], shots: int, seed: int) -> tuple[list, list]:
     """The ``shots``-per-class training subset and the ``min(shots, 4)`` validation subset for ``seed``.
 
@@ -89,6 +103,9 @@ def cached_few_shot(dataset, train: list[Item], val: list[Item], shots: int, see
             if path.is_file():
                 cached = reader(path, getattr(dataset, "image_dir", None) if reader is _read_pickle else root)
                 check_exist(cached, str(path))
+                _check_drawn_from(cached.get("train", []), train, path, "train")
+                if not val_is_test:
+                    _check_drawn_from(cached.get("val", []), val, path, "val")
                 return cached["train"], val if val_is_test else cached.get("val", val)
     if val_is_test:
         fs_train, fs_val = few_shot(train, shots, random.Random(seed)), list(val)
