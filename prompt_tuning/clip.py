@@ -17,6 +17,8 @@ import copy
 import hashlib
 import json
 import os
+import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +115,7 @@ class FrozenCLIP(nn.Module):
         pretrained: str | None = "openai",
         arch: dict | str | None = None,
         cache_dir: str | None = None,
+        quick_gelu: bool | str = "auto",
     ) -> FrozenCLIP:
         """Build from an open_clip architecture name, a pretrained tag or local checkpoint, or a config dict.
 
@@ -124,19 +127,27 @@ class FrozenCLIP(nn.Module):
                 ``model_configs`` format); the model is built from it with random weights (then ``pretrained``
                 may still name a local checkpoint). Used by tests and the demo for tiny models.
             cache_dir: where open_clip caches downloaded weights.
+            quick_gelu: ``auto`` uses QuickGELU where the weights need it: OpenAI's pretrained tags, and local
+                files in OpenAI's format (the TorchScript archives OpenAI released, or a state dict with their
+                ``input_resolution``/``context_length``/``vocab_size`` entries); ``true``/``false`` force it.
+                Weights trained with QuickGELU give other features under GELU, and open_clip only warns.
         """
+        force = _quick_gelu_setting(quick_gelu)
+        local = bool(pretrained) and os.path.isfile(str(pretrained))
+        state, openai_format = read_checkpoint(pretrained) if local else (None, False)
         if arch is not None:
             cfg = _read_arch(arch)
             model_cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
+            if pretrained and not local:
+                raise UserError(f"model.pretrained={pretrained!r}: with model.arch it must be a checkpoint file")
+            cfg["quick_gelu"] = (cfg.get("quick_gelu", False) or openai_format) if force is None else force
             try:
                 model = model_cls(**cfg)
             except TypeError as e:
                 raise UserError(f"model architecture config {arch if isinstance(arch, str) else ''}: {e}") from e
             weights = "random"
-            if pretrained:
-                if not os.path.isfile(pretrained):
-                    raise UserError(f"model.pretrained={pretrained!r}: with model.arch it must be a checkpoint file")
-                open_clip.load_checkpoint(model, pretrained)
+            if local:
+                _load_weights(model, state, openai_format, pretrained)
                 weights = str(Path(pretrained).resolve())
             vision = cfg.get("vision_cfg", {})
             size = vision.get("image_size", 224)
@@ -153,20 +164,22 @@ class FrozenCLIP(nn.Module):
                 f"model.name={name!r} is not an open_clip architecture{close_matches(name, open_clip.list_models())}"
                 " (see open_clip.list_models())"
             )
-        quick_gelu = False
-        if pretrained:
+        needs_quick_gelu = openai_format
+        if pretrained and not local:
             tag = open_clip.get_pretrained_cfg(name, pretrained)
-            if tag:
-                quick_gelu = bool(tag.get("quick_gelu", False))  # OpenAI weights need QuickGELU
-            elif not os.path.isfile(pretrained):
+            if not tag:
                 tags = open_clip.list_pretrained_tags_by_model(name)
                 raise UserError(
                     f"model.pretrained={pretrained!r} is neither a pretrained tag of {name} nor an existing file"
                     f"{close_matches(pretrained, tags)} (tags for {name}: {', '.join(tags) or 'none'})"
                 )
+            needs_quick_gelu = bool(tag.get("quick_gelu", False))  # OpenAI weights need QuickGELU
+        quick = needs_quick_gelu if force is None else force
         model = open_clip.create_model(
-            name, pretrained=pretrained or None, force_quick_gelu=quick_gelu, cache_dir=cache_dir
+            name, pretrained=None if local else pretrained or None, force_quick_gelu=quick, cache_dir=cache_dir
         )
+        if local:
+            _load_weights(model, state, openai_format, pretrained)
         pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
         size = pcfg.get("size", model.visual.image_size)
         preprocess = Preprocess(
@@ -318,6 +331,78 @@ def _attention(mha: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Tensor, 
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype)[None, None])
     out = out.permute(2, 0, 1, 3).contiguous().view(length * n, d)
     return F.linear(out, mha.out_proj.weight, mha.out_proj.bias).view(length, n, d).transpose(0, 1)
+
+
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # in OpenAI's checkpoints only
+
+
+def _quick_gelu_setting(value: bool | str) -> bool | None:
+    """``model.quick_gelu``: None for ``auto``, else the forced choice."""
+    if isinstance(value, bool):
+        return value
+    choice = {"auto": None, "true": True, "false": False}.get(str(value).lower(), "?")
+    if choice == "?":
+        raise UserError(f"model.quick_gelu={value!r}: choose auto, true or false")
+    return choice
+
+
+def _is_torchscript(path: str | os.PathLike) -> bool:
+    """A TorchScript archive (OpenAI released CLIP as these): a zip holding ``code/`` and ``constants.pkl``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict | None, bool]:
+    """A local weight file's state dict and whether it is in OpenAI's format (a TorchScript archive, or a
+    state dict carrying OpenAI's ``input_resolution``/``context_length``/``vocab_size`` entries).
+
+    Pickled checkpoints load with ``weights_only=True``. Formats open_clip reads itself (``.safetensors``,
+    ``.npz``) give ``(None, False)`` and are left to `open_clip.load_checkpoint`.
+    """
+    path = str(path)
+    if Path(path).suffix in (".safetensors", ".npz", ".npy"):
+        return None, False
+    try:
+        if _is_torchscript(path):
+            with warnings.catch_warnings():  # torch deprecates jit.load; OpenAI's files need it all the same
+                warnings.simplefilter("ignore", FutureWarning)
+                state, openai = dict(torch.jit.load(path, map_location="cpu").state_dict()), True
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+            if not isinstance(state, dict):
+                raise UserError(f"model.pretrained={path!r} holds no state dict (a {type(state).__name__})")
+            openai = any(k in state for k in OPENAI_EXTRA_KEYS)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file ends in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"model.pretrained={path!r} cannot be read as a checkpoint: {first}") from e
+    if state and next(iter(state)).startswith("module."):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state, openai
+
+
+def _load_weights(model: nn.Module, state: dict | None, openai_format: bool, path: str) -> None:
+    """Load a local checkpoint strictly: OpenAI's format here (their extra entries and saved non-persistent
+    buffers dropped), anything else through open_clip's converters."""
+    try:
+        if not openai_format:
+            open_clip.load_checkpoint(model, path)
+            return
+        persistent = model.state_dict()
+        buffers = {name for name, _ in model.named_buffers()}
+        state = {k: v for k, v in state.items()
+                 if k not in OPENAI_EXTRA_KEYS and not (k in buffers and k not in persistent)}
+        if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+            state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:400]
+        raise UserError(f"model.pretrained={path!r} does not fit the architecture {type(model).__name__} "
+                        f"of model.name / model.arch: {detail}") from e
 
 
 def _read_arch(arch: dict | str | Any) -> dict:

@@ -430,8 +430,11 @@ def compose_from_run(run_dir: str | Path, args: list[str] | tuple[str, ...] = ()
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder: it has no config.yaml")
-    cfg = _load_yaml(path)
     root = config_dir()
+    base = _load_yaml(root / "defaults.yaml")
+    base.pop("defaults", None)
+    base.method.pop("recipes", None)  # already applied when the run was composed
+    cfg = OmegaConf.merge(base, _load_yaml(path))  # keys added since the run was made take their defaults
     overrides = []
     for arg in args:
         key, sep, value = arg.partition("=")

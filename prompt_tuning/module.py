@@ -183,7 +183,7 @@ class PromptTuner(pl.LightningModule):
     def _eval_logits(self, image_features: torch.Tensor) -> torch.Tensor:
         if not self.context.conditional:
             return self(image_features, self._eval_text).logits
-        per = max(1, self.eval_chunk // len(self.task.classnames))  # images per text pass
+        per = max(1, self.eval_chunk // (len(self.task.classnames) * self.context.sets_per_image))  # images/pass
         return torch.cat([self(chunk).logits for chunk in image_features.split(per)], dim=1)
 
     def _eval_step(self, batch: dict, stage: str) -> None:

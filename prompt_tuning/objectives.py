@@ -46,13 +46,22 @@ class CrossEntropy(Objective):
 
 
 class _ZeroShotTargets(Objective):
-    """Keeps the frozen hand-crafted-prompt text features ``(C, d)`` of the current class set."""
+    """Keeps the frozen hand-crafted-prompt text features ``(C, d)`` of the current class set.
 
-    def __init__(self, clip: FrozenCLIP, task: Task):
+    ``template`` (with ``{}`` for the class name) replaces the dataset's template: the authors of KgCoOp and
+    ProGrad use their own per-dataset prompts for the teacher, which the method's recipes set per dataset.
+    """
+
+    def __init__(self, clip: FrozenCLIP, task: Task, template: str | None = None):
         super().__init__()
+        if template is not None and "{}" not in template:
+            raise ValueError(f"template={template!r} needs a {{}} where the class name goes")
+        self.template = template
         self.set_task(clip, task)
 
     def set_task(self, clip: FrozenCLIP, task: Task) -> None:
+        if self.template is not None:
+            task = Task(task.classnames, self.template)
         self.register_buffer("zs_features", clip.encode_text(task.prompts()), persistent=False)
 
 
@@ -66,10 +75,12 @@ class KnowledgeGuided(_ZeroShotTargets):
 
     Args:
         weight: lambda (8.0 in the paper and code).
+        template: the hand-crafted prompt (default: the dataset's); the authors' per-dataset ones are set by
+            the method's recipes.
     """
 
-    def __init__(self, clip: FrozenCLIP, task: Task, weight: float = 8.0):
-        super().__init__(clip, task)
+    def __init__(self, clip: FrozenCLIP, task: Task, weight: float = 8.0, template: str | None = None):
+        super().__init__(clip, task, template)
         self.weight = weight
 
     def distance(self, text_features: torch.Tensor) -> torch.Tensor:
@@ -92,10 +103,11 @@ class ZeroShotDistillation(_ZeroShotTargets):
 
     Args:
         temperature: T (1.0).
+        template: the teacher's hand-crafted prompt (default: the dataset's); see `KnowledgeGuided`.
     """
 
-    def __init__(self, clip: FrozenCLIP, task: Task, temperature: float = 1.0):
-        super().__init__(clip, task)
+    def __init__(self, clip: FrozenCLIP, task: Task, temperature: float = 1.0, template: str | None = None):
+        super().__init__(clip, task, template)
         self.temperature = temperature
         self.logit_scale = float(clip.logit_scale)
 

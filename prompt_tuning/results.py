@@ -77,7 +77,7 @@ def versions() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- aggregation
-MAIN_METRICS = ("acc", "base_acc", "novel_acc", "hm")
+MAIN_METRICS = ("acc", "base_acc", "novel_acc", "hm", "targets_avg")
 AVERAGE = "average"
 
 
@@ -149,10 +149,15 @@ def aggregate(results: list[dict], expected: dict | None = None) -> dict:
 
 
 def _summary(metrics: dict[str, list[float]]) -> dict[str, tuple[float, float, int]]:
-    """``{metric: (mean, std, n)}`` over seeds; ``hm`` from the mean base and novel accuracies."""
+    """``{metric: (mean, std, n)}`` over seeds; ``hm`` from the mean base and novel accuracies; with transfer
+    targets (``<dataset>/acc``), ``targets_avg``: the mean over targets of their seed means (the papers'
+    cross-dataset "Average")."""
     row = {m: (*_mean_std(v), len(v)) for m, v in metrics.items()}
     if "base_acc" in row and "novel_acc" in row and "hm" in row:
         row["hm"] = (harmonic_mean(row["base_acc"][0], row["novel_acc"][0]), row["hm"][1], row["hm"][2])
+    targets = [v for m, v in row.items() if m.endswith("/acc")]
+    if targets:
+        row["targets_avg"] = (sum(t[0] for t in targets) / len(targets), 0.0, min(t[2] for t in targets))
     return row
 
 
@@ -185,7 +190,7 @@ def format_table(table: dict, fmt: str = "md", published: dict | None = None) ->
                     cells.append("missing")
                 if published:
                     pub = _published(published, method, dataset, m)
-                    cells.append("" if pub is None else f"{pub:.2f}")
+                    cells.append("not published" if pub is None else f"{pub:.2f}")
                     cells.append(f"{row[m][0] - pub:+.2f}" if pub is not None and m in row else "")
             lines.append(cells)
     if fmt == "csv":

@@ -68,7 +68,8 @@ def quiet_lightning() -> None:
 def build(cfg: DictConfig) -> Setup:
     """Build the model, data and module of a run (seeded, so the same config builds the same run)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    clip = FrozenCLIP.build(cfg.model.name, cfg.model.pretrained, cfg.model.arch, cfg.model.cache_dir)
+    clip = FrozenCLIP.build(cfg.model.name, cfg.model.pretrained, cfg.model.arch, cfg.model.cache_dir,
+                            cfg.model.quick_gelu)
     dataset = instantiate(cfg.dataset)
     splits = dataset.load()
     names = classnames_of(splits["train"] + splits["val"] + splits["test"], f"dataset {dataset.name}")
@@ -158,10 +159,18 @@ class EpochSeed(pl.Callback):
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: bf16 autocast where a CUDA GPU will be used (fp32 master weights), full fp32 elsewhere."""
+    """The Lightning precision of ``trainer.precision``.
+
+    ``auto``: bf16 autocast where a CUDA GPU will be used (fp32 context vectors), full fp32 elsewhere.
+    ``reference``: the authors' arithmetic (CoOp's ``PREC: fp16``, KgCoOp's teacher too): on a GPU the frozen
+    CLIP *and* the context vectors in fp16 (Lightning's ``16-true``); on a CPU fp32, since CPU fp16 kernels
+    neither match a GPU's rounding nor run at a useful speed. Any other value is passed to Lightning as is.
+    """
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if precision == "reference":
+        return "16-true" if gpu else "32-true"
     if precision != "auto":
         return precision
-    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from prompt_tuning.config import Composed, compose_annotated, run_hash
+from prompt_tuning.config import Composed, compose, compose_annotated, run_hash
 from prompt_tuning.errors import UserError
 from prompt_tuning.locks import RunLock
 from prompt_tuning.results import read_result, write_atomic
@@ -90,16 +90,21 @@ def expand(exp: dict, only: list[str] = ()) -> list[Run]:
 
 
 def expected_runs(exp: dict) -> dict | None:
-    """``{(method, shots): [datasets]}`` a plain method x dataset x shots grid should produce (None for grids
-    with other keys, whose method labels carry tags)."""
-    grid = exp["grid"]
-    if set(grid) - {"method", "dataset", "seed", "protocol.shots"}:
+    """``{(method, shots): [datasets]}`` a plain method x dataset x shots grid should produce, read off each
+    run's composed config (so a recipe that sets the shots, as KgCoOp's cross-dataset 4, is expected there);
+    None for grids with other keys, whose method labels carry tags."""
+    if set(exp["grid"]) - {"method", "dataset", "seed", "protocol.shots"}:
         return None
-    fixed = dict(a.split("=", 1) for a in exp["args"] if "=" in a)
-    methods = grid.get("method") or [fixed.get("method", "coop")]
-    datasets = [Path(str(d)).name for d in grid.get("dataset") or [fixed.get("dataset", "?")]]  # a folder: its name
-    shots = grid.get("protocol.shots") or [int(fixed.get("protocol.shots", 16))]
-    return {(str(m), int(k)): [str(d) for d in datasets] for m in methods for k in shots}
+    expected: dict = {}
+    for run in expand(exp):
+        try:
+            cfg = compose(run.args)
+        except UserError:  # e.g. a dataset folder that is gone: the table then shows what it finds
+            return None
+        datasets = expected.setdefault((str(cfg.method.name), int(cfg.protocol.shots)), [])
+        if cfg.dataset.name not in datasets:
+            datasets.append(str(cfg.dataset.name))
+    return expected
 
 
 def status(cfg) -> str:
@@ -118,7 +123,10 @@ def status(cfg) -> str:
 
 def recipe_note(composed: Composed) -> str:
     """The recipe values of a run that differ from the method's defaults, e.g. ``optim.max_epochs=50``."""
-    return " ".join(f"{k}={v}" for k, (v, _) in sorted(composed.recipe_values.items()))
+    def shown(v):
+        return f'"{v}"' if isinstance(v, str) and (" " in v or not v) else str(v)
+
+    return " ".join(f"{k}={shown(v)}" for k, (v, _) in sorted(composed.recipe_values.items()))
 
 
 def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progress: bool = False,

@@ -50,11 +50,6 @@ def case_shots_zero(data, tmp_path):
     return _train(data, tmp_path, "protocol.shots=0"), r"protocol.shots=0: expected images per class >= 1"
 
 
-def case_shots_too_many(data, tmp_path):
-    pattern = r"17 shots asked, but 9 classes have fewer .*'red circle' \(16\)"
-    return _train(data, tmp_path, "protocol.shots=17"), pattern
-
-
 def case_missing_root(data, tmp_path):
     return _train(tmp_path / "nowhere", tmp_path), r"dataset='.*nowhere': no .*a dataset folder"
 

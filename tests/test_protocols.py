@@ -58,11 +58,16 @@ def test_k_per_class_same_seed_same_draw_other_seed_other_draw():
     assert dict(counts) == {label: 4 for label in range(5)}
 
 
-def test_too_few_images_names_the_classes():
-    train = _items(per_class=3)
-    with pytest.raises(UserError, match=r"16 shots asked, but 5 classes have fewer training images: 'class"):
-        few_shot(train, 16, random.Random(0))
-    assert len(few_shot(train, 16, random.Random(0), strict=False)) == 15  # reference: keep all
+def test_a_class_with_too_few_images_keeps_them_all_with_one_warning(caplog):
+    short = [Item(f"train/{c}/{i}.jpg", c, f"class{c}") for c in range(5) for i in range(3)]
+    full = [Item(f"train/5/{i}.jpg", 5, "class5") for i in range(20)]
+    with caplog.at_level("WARNING", logger="prompt_tuning"):
+        drawn = few_shot(short + full, 16, random.Random(0))
+    # Dassl (repeat=False): a short class keeps all it has and draws nothing from the generator
+    assert drawn == short + random.Random(0).sample(full, 16)
+    (record,) = [r for r in caplog.records if r.name.startswith("prompt_tuning")]
+    assert "16 shots asked, but 5 classes have fewer training images" in record.getMessage()
+    assert "'class0' (3)" in record.getMessage()
 
 
 def test_all_shots_returns_everything():

@@ -72,6 +72,11 @@ class Context(nn.Module):
     stochastic: ClassVar[bool] = False
     frozen_image_tower: ClassVar[bool] = True
 
+    @property
+    def sets_per_image(self) -> int:
+        """Prompt sets a conditional context makes per image (M); bounds the images per evaluation text pass."""
+        return 1
+
     def set_task(self, clip: FrozenCLIP, task: Task) -> None:
         """(Re)build everything that depends on the class names; learned parameters are kept."""
         raise NotImplementedError

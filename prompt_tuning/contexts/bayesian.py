@@ -31,20 +31,35 @@ class BayesianContext(CoOp):
     Args:
         clip, task: as for `CoOp`.
         n_ctx, ctx_init: the mean context (the paper: 4 vectors from "a photo of a").
-        n_samples: Monte-Carlo samples per forward pass (L; 10 in the paper's configs).
+        n_samples: Monte-Carlo samples per forward pass (L; per dataset in the authors' VPT.md, set by the
+            method's recipes).
         kl_weight: weight of the KL term (0.001 in the authors' code).
+        per_image_test_draws: in evaluation, draw ``n_samples`` residuals for each image (the authors' batch-1
+            testing), vectorised over the batch; false shares one draw per evaluation batch.
     """
 
     stochastic = True
 
     def __init__(self, clip: FrozenCLIP, task: Task, n_ctx: int = 4, ctx_init: str | None = "a photo of a",
-                 n_samples: int = 10, kl_weight: float = 0.001):
+                 n_samples: int = 10, kl_weight: float = 0.001, per_image_test_draws: bool = True):
         super().__init__(clip, task, n_ctx=n_ctx, ctx_init=ctx_init)
         if n_samples < 1:
             raise ValueError(f"n_samples={n_samples}: need at least one sample")
         self.n_samples = n_samples
         self.kl_weight = kl_weight
+        self.per_image_test_draws = per_image_test_draws
         self._init_posterior(clip)
+
+    @property
+    def conditional(self) -> bool:
+        """In evaluation every image gets its own ``n_samples`` draws (the authors test with batch size 1), so
+        the sets pair with images like a conditional context's; in training one draw serves the batch (the
+        authors train with batch size 1 too, so the two agree there)."""
+        return self.per_image_test_draws and not self.training
+
+    @property
+    def sets_per_image(self) -> int:
+        return self.n_samples
 
     def _init_posterior(self, clip: FrozenCLIP) -> None:
         self.mu = nn.Parameter(torch.zeros(1, clip.width, device=clip.device))
@@ -56,6 +71,8 @@ class BayesianContext(CoOp):
 
     def forward(self, image_features: torch.Tensor | None = None) -> Prompts:
         mu, logvar = self.posterior(image_features)
+        if self.conditional and mu.shape[0] == 1 and image_features is not None:  # one draw per image
+            mu, logvar = (t.expand(image_features.shape[0], -1) for t in (mu, logvar))
         eps = torch.randn((self.n_samples, *mu.shape), device=mu.device, dtype=mu.dtype)
         residual = mu + eps * (0.5 * logvar).exp()  # (M, B or 1, D)
         ctx = self.ctx.view(1, 1, *self.ctx.shape) + residual.unsqueeze(2)  # (M, B or 1, n_ctx, D)
@@ -78,7 +95,7 @@ class _Amortized(nn.Module):
 class ConditionalBayesianContext(BayesianContext):
     """Variational context whose residual distribution depends on the image (the paper's conditional variant)."""
 
-    conditional = True
+    conditional = True  # always: the residual's distribution is the image's
 
     def _init_posterior(self, clip: FrozenCLIP) -> None:
         d = clip.embed_dim

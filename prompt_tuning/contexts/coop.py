@@ -24,15 +24,17 @@ class CoOp(Context):
     Args:
         clip: the frozen model (its token embeddings initialise and frame the context).
         task: class names to build prompts for.
-        n_ctx: number of context vectors M (ignored with ``ctx_init``, which sets M to its token count).
-        ctx_init: words to initialise the context from (``"a photo of a"``); None draws N(0, init_std).
+        n_ctx: number of context vectors M (ignored with ``ctx_init``, which sets M to its word count).
+        ctx_init: words to initialise the context from (``"a photo of a"``); None draws N(0, init_std). As in
+            the authors' code, M is the number of space-separated words and the vectors are the first M token
+            embeddings of the words (a word of several BPE tokens pushes the last tokens out of the context).
         csc: class-specific context, one set of M vectors per class; with ``ctx_init`` every class starts from
             the same words (the reference code ignores ``csc`` when ``ctx_init`` is given).
         class_token_position: ``end`` (``v_1..v_M CLASS.``), ``middle`` (``v_1..v_M/2 CLASS v_M/2+1..v_M.``) or
             ``front`` (``CLASS v_1..v_M.``).
         init_std: standard deviation of the random initialisation.
         pad_init: with ``ctx_init``, keep ``n_ctx`` vectors and put the words' embeddings in the last ones,
-            zeros before (ProGrad's initialisation); otherwise ``n_ctx`` becomes the words' token count.
+            zeros before (ProGrad's initialisation); otherwise ``n_ctx`` becomes the words' count.
     """
 
     def __init__(
@@ -52,12 +54,15 @@ class CoOp(Context):
         n_cls = len(task.classnames)
         if ctx_init:
             words = ctx_init.replace("_", " ")
-            n_words = clip.n_tokens(words)
+            # the authors count words, not BPE tokens, and take that many token embeddings after SOS: for
+            # "a type of pet, a photo of a" that is 8 tokens ("pet" "," ... "of"); the remaining words stay in
+            # the fixed text after the context (see set_task)
+            n_words = len(words.split(" "))
             ctx = clip.token_embeddings(clip.tokenize(words))[0, 1 : 1 + n_words].clone()  # (n_words, D)
             self.prefix_text = words
             if pad_init:
                 if n_ctx < n_words:
-                    raise UserError(f"n_ctx={n_ctx} is shorter than ctx_init={ctx_init!r} ({n_words} tokens)")
+                    raise UserError(f"n_ctx={n_ctx} is shorter than ctx_init={ctx_init!r} ({n_words} words)")
                 ctx = torch.cat([ctx.new_zeros(n_ctx - n_words, ctx.shape[1]), ctx])
                 self.prefix_text = " ".join(["X"] * (n_ctx - n_words) + [words])
             n_ctx = ctx.shape[0]

@@ -6,6 +6,7 @@ Both follow the CoOp/CoCoOp reference code (Dassl's ``generate_fewshot_dataset``
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from prompt_tuning.data.datasets import Item, classnames_of
 from prompt_tuning.errors import UserError
 
 SUBSAMPLES = ("all", "base", "novel")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,23 +35,23 @@ def group_by_label(items: Sequence[Item]) -> dict[int, list[Item]]:
     return groups
 
 
-def few_shot(items: Sequence[Item], shots: int, rng: random.Random, strict: bool = True) -> list[Item]:
+def few_shot(items: Sequence[Item], shots: int, rng: random.Random, warn: bool = True) -> list[Item]:
     """``shots`` items per label, drawn with ``rng.sample`` label by label in order of first appearance.
 
     With ``rng = random.Random(seed)`` this draws exactly what the reference sampler draws after
-    ``random.seed(seed)``. ``shots < 1`` returns all items.
-
-    Args:
-        strict: raise when a class has fewer than ``shots`` items; otherwise such a class keeps all it has
-            (the reference behaviour).
+    ``random.seed(seed)``. ``shots < 1`` returns all items. A class with fewer than ``shots`` items keeps all
+    of them, without drawing (Dassl's ``generate_fewshot_dataset`` with ``repeat=False``); with ``warn`` one
+    warning names those classes.
     """
     if shots < 1:
         return list(items)
     groups = group_by_label(items)
     short = {g[0].classname: len(g) for g in groups.values() if len(g) < shots}
-    if short and strict:
+    if short and warn:
         listed = ", ".join(f"{name!r} ({n})" for name, n in list(short.items())[:10])
-        raise UserError(f"{shots} shots asked, but {len(short)} classes have fewer training images: {listed}")
+        more = f" and {len(short) - 10} more" if len(short) > 10 else ""
+        log.warning("%d shots asked, but %d classes have fewer training images; they keep all they have, as in "
+                    "the reference sampler: %s%s", shots, len(short), listed, more)
     out: list[Item] = []
     for group in groups.values():
         out += rng.sample(group, shots) if len(group) >= shots else list(group)
@@ -62,7 +64,7 @@ def few_shot_splits(train: Sequence[Item], val: Sequence[Item], shots: int, seed
     Both draws come from one generator seeded with ``seed``, in that order, as in CoOp's dataset classes.
     """
     rng = random.Random(seed)
-    return few_shot(train, shots, rng), few_shot(val, min(shots, 4), rng, strict=False)
+    return few_shot(train, shots, rng), few_shot(val, min(shots, 4), rng, warn=False)
 
 
 def subsample_classes(*splits: Sequence[Item], subsample: str = "all") -> list[list[Item]]:

@@ -1,0 +1,221 @@
+"""The authors' recipes (issue 11): every run of every paper experiment composes to the values the authors ran,
+written once below from their files; and four fidelity defects (QuickGELU for local OpenAI weights, ctx_init
+word counting, per-image Monte-Carlo draws at test time, the `reference` precision)."""
+
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from open_clip.transformer import QuickGELU
+
+from prompt_tuning.cli import main
+from prompt_tuning.clip import FrozenCLIP
+from prompt_tuning.config import compose, compose_annotated
+from prompt_tuning.contexts.base import Task
+from prompt_tuning.contexts.bayesian import BayesianContext
+from prompt_tuning.contexts.coop import CoOp
+from prompt_tuning.module import PromptTuner
+from prompt_tuning.runner import _optim, resolve_precision
+from prompt_tuning.sweep import expand, load_experiment
+from tests.conftest import REPO, TINY_ARCH
+
+# ------------------------------------------------------------------------------ the authors' values, once
+COOP_FEWSHOT_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}  # CoOp COOP.md: rn50_ep50 / _ep100 / rn50
+KGCOOP_TEMPLATES = {  # htyao89/KgCoOp trainers/kgcoop.py CUSTOM_TEMPLATES
+    "oxford_pets": "a photo of a {}, a type of pet.", "oxford_flowers": "a photo of a {}, a type of flower.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.", "dtd": "a photo of a {}, a type of texture.",
+    "eurosat": "a centered satellite photo of {}.", "food101": "a photo of {}, a type of food.",
+    "ucf101": "a photo of a person doing {}.",
+}
+PROGRAD_TEMPLATES = {  # BeierZhu/Prompt-align ProGrad.public/trainers/prograd.py CUSTOM_TEMPLATES
+    "oxford_pets": "a type of pet, a photo of a {}.", "oxford_flowers": "a type of flower, a photo of a {}.",
+    "fgvc_aircraft": "a type of aircraft, a photo of a {}.", "dtd": "a texture of {}.",
+    "eurosat": "a centered satellite photo of {}.", "food101": "a type of food, a photo of {}.",
+    "ucf101": "a photo of a person doing {}.",
+}
+BPL_B2N = {  # saic-fi/Bayesian-Prompt-Learning VPT.md: (Monte-Carlo samples L, epochs)
+    "caltech101": (20, 20), "oxford_pets": (40, 20), "stanford_cars": (20, 40), "oxford_flowers": (10, 40),
+    "food101": (20, 20), "fgvc_aircraft": (10, 10), "sun397": (20, 10), "dtd": (40, 10), "eurosat": (20, 60),
+    "ucf101": (5, 20), "imagenet": (10, 10),
+}
+TRANSFER = ("cross_dataset", "domain_generalization")
+
+
+def authors(method: str, protocol: str, dataset: str, shots: int) -> dict:
+    """What the authors ran: dotted config key -> value (``epochs`` is the effective number of epochs)."""
+    ctx, obj, rule = "method.context.init_args.", "method.objective.init_args.", "method.gradient_rule.init_args."
+    if method == "coop":
+        if protocol == "fewshot":
+            out = {ctx + "n_ctx": 16, ctx + "ctx_init": None, "epochs": COOP_FEWSHOT_EPOCHS[shots]}
+        else:
+            out = {ctx + "n_ctx": 4, ctx + "ctx_init": "a photo of a", "epochs": 200}
+        if dataset == "imagenet":
+            out["epochs"] = 50
+        return {**out, "optim.lr": 0.002, "data.batch_size": 32, "protocol.shots": shots}
+    if method == "cocoop":
+        return {ctx + "n_ctx": 4, ctx + "ctx_init": "a photo of a", "epochs": 10, "optim.lr": 0.002,
+                "data.batch_size": 1, "protocol.shots": shots}
+    if method == "kgcoop":
+        return {ctx + "n_ctx": 4, ctx + "ctx_init": "a photo of a", obj + "weight": 8.0, "epochs": 100,
+                obj + "template": KGCOOP_TEMPLATES.get(dataset, "a photo of a {}."), "optim.lr": 0.002,
+                "data.batch_size": 128, "protocol.shots": 4 if protocol in TRANSFER else shots}
+    if method == "prograd":
+        template = PROGRAD_TEMPLATES.get(dataset, "a photo of a {}.")
+        out = {ctx + "n_ctx": 16, ctx + "pad_init": True, ctx + "ctx_init": template.replace(" {}.", ""),
+               obj + "template": template, obj + "temperature": 1.0, "optim.lr": 0.002, "data.batch_size": 32,
+               rule + "lam": 0.8 if dataset in ("oxford_flowers", "dtd", "eurosat") and shots in (8, 16) else 1.0}
+        if protocol == "base2novel":  # base2new_train_prograd.sh: 4 shots, LAMBDA=1.0
+            return {**out, "protocol.shots": 4, rule + "lam": 1.0, "epochs": 50 if dataset == "imagenet" else 100}
+        return {**out, "protocol.shots": shots, "epochs": COOP_FEWSHOT_EPOCHS[shots] if protocol == "fewshot"
+                else 50}
+    if method in ("bayesian", "bayesian_conditional"):
+        samples, epochs = (10, 10) if protocol in TRANSFER else BPL_B2N[dataset] if protocol == "base2novel" \
+            else (10, 40)
+        return {ctx + "n_samples": samples, "epochs": epochs, "data.batch_size": 1, "optim.lr": 0.002,
+                ctx + "kl_weight": 0.001}
+    assert method == "zeroshot", method
+    return {"protocol.shots": shots}
+
+
+def _check(cfg, expected):
+    for key, value in expected.items():
+        got = _optim(cfg)["max_epochs"] if key == "epochs" else (
+            cfg.protocol.shots if key == "protocol.shots" else
+            __import__("omegaconf").OmegaConf.select(cfg, key))
+        assert got == value, f"{key}: {got!r}, the authors ran {value!r}"
+
+
+PAPER_EXPERIMENTS = ["base2novel", "coop_fewshot", "cross_dataset", "domain_generalization"]
+
+
+@pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
+def test_every_run_of_every_paper_experiment_composes_to_the_authors_values(name):
+    exp = load_experiment(REPO / "experiments" / f"{name}.yaml")
+    assert exp["published"]["source"] and (exp["published"]["values"] or name == "coop_fewshot")
+    runs = expand(exp)
+    for run in runs:
+        cfg = compose(run.args)
+        shots = int(run.choice.get("protocol.shots", 16))
+        _check(cfg, authors(cfg.method.name, cfg.protocol.name, cfg.dataset.name, shots))
+        assert cfg.output_dir.endswith(f"shots_{cfg.protocol.shots}/seed_{cfg.seed}")
+
+
+@pytest.mark.parametrize("method, dataset, protocol", [
+    (m, d, p) for m in ("bayesian", "bayesian_conditional") for d in sorted(BPL_B2N)
+    for p in ("fewshot", "base2novel", "cross_dataset") if p != "cross_dataset" or d == "imagenet"
+])
+def test_bayesian_recipes_per_dataset_and_protocol(method, dataset, protocol):
+    cfg = compose([f"method={method}", f"dataset={dataset}", f"protocol={protocol}", "model=tiny"])
+    _check(cfg, authors(method, protocol, dataset, 16))
+
+
+def test_print_config_shows_prograd_dtd_lambda_and_template_words_with_their_source(capsys):
+    assert main(["train", "method=prograd", "dataset=dtd", "protocol=fewshot", "protocol.shots=16",
+                 "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "lam: 0.8  # BeierZhu/Prompt-align ProGrad.public/README.md" in out
+    assert "ctx_init: a texture of  # BeierZhu/Prompt-align ProGrad.public/trainers/prograd.py" in out
+    assert "template: a texture of {}.  # BeierZhu/Prompt-align" in out
+
+
+def test_command_line_beats_recipes_and_selects_them():
+    composed = compose_annotated(["method=prograd", "dataset=dtd", "protocol.shots=4", "model=tiny"])
+    assert composed.cfg.method.gradient_rule.init_args.lam == 1.0  # 4 shots: the 0.8 recipe does not apply
+    cfg = compose(["method=prograd", "dataset=dtd", "protocol.shots=16", "model=tiny",
+                   "method.gradient_rule.init_args.lam=0.5"])
+    assert cfg.method.gradient_rule.init_args.lam == 0.5
+    assert composed.recipe_values["method.context.init_args.ctx_init"][0] == "a texture of"
+
+
+def test_dry_run_lists_each_runs_recipe_values(capsys):
+    assert main(["sweep", str(REPO / "experiments" / "base2novel.yaml"), "--dry-run", "--only", "dataset=dtd",
+                 "--only", "method=prograd", "--only", "seed=1"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe: " in out and "protocol.shots=4" in out and "ctx_init=a texture of" in out
+
+
+# --------------------------------------------------------------------------- ctx_init counts words, not tokens
+def test_ctx_init_takes_as_many_token_embeddings_as_words(tiny_clip, task):
+    words = "a type of pet, a photo of a"  # 8 words, 9 BPE tokens ("pet" ",")
+    ctx = CoOp(tiny_clip, task, ctx_init=words)
+    tokens = tiny_clip.tokenize(words)
+    assert ctx.n_ctx == 8 == len(words.split(" ")) < tiny_clip.n_tokens(words)
+    assert torch.equal(ctx.ctx.data, tiny_clip.token_embeddings(tokens)[0, 1:9])
+    # the word left out of the context ("a") stays in the fixed text, before the class name, as in the reference
+    first = tiny_clip.tokenize(f"{words} {task.classnames[0]}.")[0]
+    assert torch.equal(ctx.token_suffix[0, :3], tiny_clip.token_embeddings(first[None])[0, 9:12])
+    for shipped in ("a photo of a",):  # every shipped config: words == tokens, so nothing changes
+        assert CoOp(tiny_clip, task, ctx_init=shipped).n_ctx == tiny_clip.n_tokens(shipped)
+
+
+# --------------------------------------------------------------------- QuickGELU for local OpenAI weights
+def _openai_tiny(tmp_path: Path, kind: str) -> tuple[Path, torch.nn.Module]:
+    cfg = json.loads(TINY_ARCH.read_text())
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**cfg, quick_gelu=True).eval()  # trained with QuickGELU, as OpenAI's models
+    path = tmp_path / f"tiny-openai-{kind}.pt"
+    if kind == "state_dict":  # OpenAI's layout: their three extra entries
+        extra = {"input_resolution": torch.tensor(32), "context_length": torch.tensor(77),
+                 "vocab_size": torch.tensor(49408)}
+        torch.save({**model.state_dict(), **extra}, path)
+    else:  # a TorchScript archive, as OpenAI released
+        example = (torch.zeros(1, 3, 32, 32), open_clip.tokenize(["a dog"]))
+        traced = torch.jit.trace_module(model, {"encode_image": example[0], "encode_text": example[1]},
+                                        check_trace=False)
+        traced.save(str(path))
+    return path, model
+
+
+@pytest.mark.parametrize("kind", ["state_dict", "torchscript"])
+def test_local_openai_weights_get_quick_gelu(tmp_path, kind):
+    path, reference = _openai_tiny(tmp_path, kind)
+    arch = json.loads(TINY_ARCH.read_text())
+    clip = FrozenCLIP.build("tiny", str(path), arch=arch)
+    assert isinstance(clip.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    images = torch.randn(4, 3, 32, 32)
+    reference.requires_grad_(False)
+    assert torch.equal(clip.model.encode_image(images), reference.encode_image(images))
+    forced = FrozenCLIP.build("tiny", str(path), arch=arch, quick_gelu="false")  # model.quick_gelu=false
+    assert not isinstance(forced.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    assert (forced.model.encode_image(images) - reference.encode_image(images)).abs().max() > 1e-4
+
+
+def test_open_clip_format_weights_keep_gelu(tmp_path):
+    arch = json.loads(TINY_ARCH.read_text())
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**arch)
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    clip = FrozenCLIP.build("tiny", str(tmp_path / "plain.pt"), arch=arch)
+    assert not isinstance(clip.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+
+
+def test_quick_gelu_setting_is_checked():
+    with pytest.raises(Exception, match="model.quick_gelu='maybe': choose auto, true or false"):
+        FrozenCLIP.build("tiny", None, arch=json.loads(TINY_ARCH.read_text()), quick_gelu="maybe")
+
+
+# ------------------------------------------------------------------ every test image gets its own draws
+def test_bayesian_context_draws_per_test_image_at_any_batch_size(tiny_clip):
+    task = Task(tuple(f"class {i}" for i in range(5)))
+    torch.manual_seed(0)
+    module = PromptTuner(tiny_clip, BayesianContext(tiny_clip, task, n_samples=3), task).eval()
+    image = torch.nn.functional.normalize(torch.randn(1, tiny_clip.embed_dim), dim=-1)
+    batch = image.repeat(6, 1)  # the same image six times in one evaluation batch
+    with torch.no_grad():
+        module._start_eval()
+        logits = module._eval_logits(batch)
+    assert logits.shape == (3, 6, 5)
+    assert all(not torch.equal(logits[:, 0], logits[:, i]) for i in range(1, 6))  # six independent draws
+    module.train()  # training shares one draw per batch (the authors train with batch 1)
+    with torch.no_grad():
+        train_logits = module(batch).logits
+    assert all(torch.equal(train_logits[:, 0], train_logits[:, i]) for i in range(1, 6))
+
+
+def test_reference_precision_is_fp16_on_a_gpu_and_fp32_on_cpu(monkeypatch):
+    assert resolve_precision("reference", "cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_precision("reference", "auto") == "16-true"
+    assert resolve_precision("reference", "cpu") == "32-true"
