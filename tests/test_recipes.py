@@ -133,7 +133,7 @@ def test_dry_run_lists_each_runs_recipe_values(capsys):
     assert main(["sweep", str(REPO / "experiments" / "base2novel.yaml"), "--dry-run", "--only", "dataset=dtd",
                  "--only", "method=prograd", "--only", "seed=1"]) == 0
     out = capsys.readouterr().out
-    assert "recipe: " in out and "protocol.shots=4" in out and "ctx_init=a texture of" in out
+    assert "recipe: " in out and "protocol.shots=4" in out and 'ctx_init="a texture of"' in out
 
 
 # --------------------------------------------------------------------------- ctx_init counts words, not tokens
