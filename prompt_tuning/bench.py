@@ -32,7 +32,7 @@ from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.contexts.base import Task
 from prompt_tuning.contexts.coop import CoOp
 from prompt_tuning.data.transforms import eval_transform, train_transform
-from prompt_tuning.errors import UserError
+from prompt_tuning.errors import HelpFormatter, UserError
 
 
 def _timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
@@ -233,21 +233,27 @@ def format_report(r: dict) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prompt-tuning bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--classes", type=int, default=100)
+    p = argparse.ArgumentParser(prog="prompt-tuning bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter,
+                                epilog="--debug anywhere on the command line shows tracebacks of user errors")
+    p.add_argument("--classes", type=int, default=100, help="classes of the synthetic task (prompts per step)")
     p.add_argument("--shots", type=int, default=16, help="for the projected epoch time")
     p.add_argument("--model", default="ViT-B-16",
                    help="open_clip architecture, or an architecture .json (random weights either way)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--repeats", type=int, default=2, help="training steps timed per path (median)")
     p.add_argument("--test-per-class", type=int, default=2, help="test images per class")
-    p.add_argument("--eval-batch", type=int, default=50)
+    p.add_argument("--eval-batch", type=int, default=50, help="images per evaluation batch")
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    for flag in ("classes", "shots", "repeats", "test_per_class", "eval_batch"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')}={getattr(args, flag)}: expected an integer >= 1")
     import logging
 
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" notice

@@ -12,76 +12,113 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 
-from prompt_tuning.errors import UserError
+from prompt_tuning.errors import HelpFormatter, UserError
 
-GROUP_HELP = """arguments are key=value:
-  group=NAME       choose configs/<group>/NAME.yaml for model, method, dataset, protocol
-                   (dataset=DIR reads a local folder; model=FILE.json builds an open_clip architecture)
+
+def _group_help() -> str:
+    """The key=value help, with the config groups' choices read from configs/."""
+    from prompt_tuning.config import group_options
+
+    try:
+        choices = {g: ", ".join(group_options(g)) for g in ("method", "model", "dataset", "protocol")}
+    except UserError:  # no configs/ folder: the command itself will say so
+        choices = {g: "(configs/ not found)" for g in ("method", "model", "dataset", "protocol")}
+    return f"""arguments are key=value:
+  group=NAME       choose configs/<group>/NAME.yaml:
+                     method:   {choices['method']}
+                     model:    {choices['model']} (or an open_clip architecture .json)
+                     dataset:  {choices['dataset']} (or a dataset folder)
+                     protocol: {choices['protocol']}
   a.b=VALUE        override any key, e.g. protocol.shots=4 optim.lr=0.01 seed=2
-                   method.context.init_args.n_ctx=4"""
+                   method.context.init_args.n_ctx=4 (all keys: configs/defaults.yaml)"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prompt-tuning", description="Prompt learning on frozen CLIP models.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
+    from prompt_tuning import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # before or after the command
+                        help="show tracebacks for user errors too")
+    p = argparse.ArgumentParser(prog="prompt-tuning", description="Prompt learning on frozen CLIP models.",
+                                parents=[common], formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"prompt-tuning {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train and test one run, write result.json",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GROUP_HELP)
-    t.add_argument("overrides", nargs="*", metavar="key=value")
-    t.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    def command(name: str, help: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=HelpFormatter, **kw)
 
-    e = sub.add_parser("eval", help="test a trained run (its checkpoint) again, optionally on other data",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GROUP_HELP)
+    t = command("train", "train and test one run, write result.json", epilog=_group_help())
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config groups and key overrides (below)")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the composed config, with the source of every recipe value, and exit")
+
+    e = command("eval", "test a trained run (its checkpoint) again, optionally on other data",
+                epilog=_group_help())
     e.add_argument("run", help="a run folder (holding config.yaml and checkpoints/last.ckpt)")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="changes to the run's config, e.g. dataset=...")
     e.add_argument("--checkpoint", help="checkpoint file (default: RUN/checkpoints/last.ckpt)")
 
-    ds = sub.add_parser("datasets", help="list, check or prepare benchmark datasets")
+    ds = command("datasets", "list, check or prepare benchmark datasets")
     dsub = ds.add_subparsers(dest="action", required=True)
-    dsub.add_parser("list", help="the dataset configs and where each expects its folder")
-    c = dsub.add_parser("check", help="validate a dataset folder: counts, missing/unreadable images, classes")
+    lst = dsub.add_parser("list", help="the dataset configs, their folders, and which are present",
+                          formatter_class=HelpFormatter)
+    lst.add_argument("--root", help="the data root holding the dataset folders (default: data.root)")
+    c = dsub.add_parser("check", help="validate a dataset folder: counts, missing/unreadable images, classes",
+                        formatter_class=HelpFormatter)
     c.add_argument("name", help="a configs/dataset name, or a dataset folder")
     c.add_argument("--root", help="the data root holding the dataset folders (default: data.root)")
     c.add_argument("--no-decode", action="store_true", help="skip decoding every image (faster)")
-    pr = dsub.add_parser("prepare", help="download with torchvision and write a split file (or print manual steps)")
-    pr.add_argument("name")
+    pr = dsub.add_parser("prepare", help="download with torchvision and write a split file (or print manual steps)",
+                         formatter_class=HelpFormatter)
+    pr.add_argument("name", help="a configs/dataset name")
     pr.add_argument("--root", required=True, help="the data root to create the dataset folder in")
     pr.add_argument("--seed", type=int, default=1, help="seed of the per-class train/val/test split")
 
-    sub.add_parser("bench", help="time our path against the reference recipe (see prompt_tuning/bench.py)",
+    sub.add_parser("bench", help="time our path against the reference recipe (prompt-tuning bench --help)",
                    add_help=False)
-    sub.add_parser("sweep", help="run the missing runs of an experiment grid (experiments/*.yaml)", add_help=False)
-    t = sub.add_parser("table", help="mean/std over seeds per method and dataset, with published numbers")
-    t.add_argument("dir", help="a folder of runs (a sweep's output)")
-    t.add_argument("--format", default="md", choices=["md", "csv", "latex"])
-    t.add_argument("--experiment", help="experiment file with the grid and published numbers "
-                                        "(default: DIR/experiment.yaml, written by sweep)")
-    pl_ = sub.add_parser("plot", help="accuracy-vs-shots curves and base/novel/HM bars as PNG")
-    pl_.add_argument("dir")
-    pl_.add_argument("--out", help="folder for the PNGs (default: DIR/plots)")
+    sub.add_parser("sweep", help="run the missing runs of an experiment grid (prompt-tuning sweep --help)",
+                   add_help=False)
+    tb = command("table", "mean/std over seeds per method and dataset, with published numbers")
+    tb.add_argument("dir", help="a folder of runs (a sweep's output)")
+    tb.add_argument("--format", default="md", choices=["md", "csv", "latex"], help="output format")
+    tb.add_argument("--experiment", help="experiment file with the grid and published numbers "
+                                         "(default: DIR/experiment.yaml, written by sweep)")
+    pl_ = command("plot", "accuracy-vs-shots curves and base/novel/HM bars")
+    pl_.add_argument("dir", help="a folder of runs (a sweep's output)")
+    pl_.add_argument("--out", help="folder for the figures (default: DIR/plots)")
+    pl_.add_argument("--format", default="png", choices=["png", "pdf", "svg"], help="figure file format")
+    pl_.add_argument("--dpi", type=int, default=150, help="resolution of PNG figures")
+    pl_.add_argument("--experiment", help="experiment file with display names "
+                                          "(default: DIR/experiment.yaml, written by sweep)")
 
-    d = sub.add_parser("demo", help="offline demo: generated shapes, tiny random CLIP, zero-shot vs CoOp")
+    d = command("demo", "offline demo: generated shapes, tiny random CLIP, zero-shot vs CoOp")
     d.add_argument("--workdir", help="keep the generated data and outputs here (default: a temporary folder)")
-    d.add_argument("--shots", type=int, default=16)
-    d.add_argument("--epochs", type=int, default=40)
-    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--shots", type=int, default=16, help="training images per class")
+    d.add_argument("--epochs", type=int, default=40, help="training epochs of CoOp")
+    d.add_argument("--seed", type=int, default=1, help="seed of the runs")
     return p
 
 
 def _train(args) -> None:
     from prompt_tuning.config import annotated_yaml, compose_annotated
-    from prompt_tuning.runner import train
+    from prompt_tuning.runner import Interrupted, train
 
     composed = compose_annotated(args.overrides)
     cfg = composed.cfg
     if args.print_config:
         print(annotated_yaml(cfg, composed.sources), end="")
         return
-    result = train(cfg, composed.sources)
+    try:
+        result = train(cfg, composed.sources)
+    except Interrupted as e:
+        again = " ".join(shlex.quote(a) for a in args.overrides if not a.startswith("resume="))
+        raise KeyboardInterrupt(f"interrupted at epoch {e.epoch}/{e.max_epochs}; continue with: "
+                                f"prompt-tuning train {again} resume=true") from None
     print(json.dumps(result["metrics"], indent=2))
     print(f"wrote {Path(cfg.output_dir) / 'result.json'}")
 
@@ -101,8 +138,10 @@ def _datasets(args) -> int:
 
     if args.action == "list":
         for name in group_options("dataset"):
-            section = dataset_section(name)
-            print(f"{name:16s} {section.n_classes or '?':>5} classes  {section.init_args.get('root', '')}")
+            section = dataset_section(name, args.root)
+            root = section.init_args.get("root", "")
+            state = "present" if root and Path(root).is_dir() else "missing"
+            print(f"{name:16s} {section.n_classes or '?':>5} classes  {state:8s} {root}")
         return 0
     if args.action == "prepare":
         from prompt_tuning.data.prepare import prepare
@@ -127,13 +166,17 @@ def _table(args) -> None:
     if not results and exp is None:
         raise UserError(f"no result.json under {args.dir}")
     table = aggregate(results, expected_runs(exp) if exp else None)
-    print(format_table(table, args.format, exp.get("published") if exp else None))
+    seeds = len(exp["grid"].get("seed", [1])) if exp else None
+    print(format_table(table, args.format, exp.get("published") if exp else None, seeds))
 
 
 def _plot(args) -> None:
     from prompt_tuning.plot import plot
+    from prompt_tuning.sweep import load_experiment
 
-    for path in plot(args.dir, args.out):
+    exp_path = Path(args.experiment) if args.experiment else Path(args.dir) / "experiment.yaml"
+    display = load_experiment(exp_path).get("display") if exp_path.is_file() else None
+    for path in plot(args.dir, args.out, args.format, args.dpi, display):
         print(f"wrote {path}")
 
 
@@ -175,14 +218,15 @@ def _log_to_stderr() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _log_to_stderr()
-    if argv[:1] and argv[0] in OWN_PARSERS:  # e.g. prompt-tuning sweep --help
+    rest = [a for a in argv if a != "--debug"]  # --debug goes anywhere: before or after the command
+    if rest[:1] and rest[0] in OWN_PARSERS:  # e.g. prompt-tuning sweep --help
         import importlib
 
-        debug = False
-        run = lambda: importlib.import_module(OWN_PARSERS[argv[0]]).main(argv[1:])  # noqa: E731
+        debug = "--debug" in argv
+        run = lambda: importlib.import_module(OWN_PARSERS[rest[0]]).main(rest[1:])  # noqa: E731
     else:
         args = _parser().parse_args(argv)
-        debug = args.debug
+        debug = getattr(args, "debug", False)
         commands = {"train": _train, "eval": _eval, "demo": _demo, "datasets": _datasets, "table": _table,
                     "plot": _plot}
         run = lambda: commands[args.command](args) or 0  # noqa: E731
@@ -193,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(str(e) or "interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `prompt-tuning ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

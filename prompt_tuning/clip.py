@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import warnings
 import zipfile
@@ -175,9 +176,7 @@ class FrozenCLIP(nn.Module):
                 )
             needs_quick_gelu = bool(tag.get("quick_gelu", False))  # OpenAI weights need QuickGELU
         quick = needs_quick_gelu if force is None else force
-        model = open_clip.create_model(
-            name, pretrained=None if local else pretrained or None, force_quick_gelu=quick, cache_dir=cache_dir
-        )
+        model = _create(name, None if local else pretrained or None, quick, cache_dir)
         if local:
             _load_weights(model, state, openai_format, pretrained)
         pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
@@ -331,6 +330,63 @@ def _attention(mha: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Tensor, 
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype)[None, None])
     out = out.permute(2, 0, 1, 3).contiguous().view(length * n, d)
     return F.linear(out, mha.out_proj.weight, mha.out_proj.bias).view(length, n, d).transpose(0, 1)
+
+
+def _create(name: str, tag: str | None, quick_gelu: bool, cache_dir: str | None) -> nn.Module:
+    """``open_clip.create_model``, with a failed download turned into one line saying what to do."""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # the hub's retry chatter and open_clip's own error log: reported below
+    try:
+        return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+    except (RuntimeError, OSError, ValueError) as e:
+        if not tag:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first if len(first) <= 160 else first[:157] + "..."
+        raise UserError(
+            f"cannot load the weights of model {name}, pretrained tag {tag!r}: they are not in the local cache "
+            f"and the download failed ({first}). Without internet: download them where you have it and pass "
+            f"model.pretrained=/path/to/file, or copy the weights cache ({weights_cache_hint(cache_dir)}) here"
+        ) from e
+    finally:
+        logging.disable(disabled)
+
+
+def weights_cache_hint(cache_dir: str | None) -> str:
+    """Where open_clip looks for downloaded weights."""
+    if cache_dir:
+        return str(cache_dir)
+    return "the Hugging Face hub cache, ~/.cache/huggingface/hub, or $HF_HOME"
+
+
+def weights_status(name: str, pretrained: str | None, arch: Any = None, cache_dir: str | None = None) -> str:
+    """``random``, ``file`` (a local checkpoint), ``cached`` (a tag whose weights are on disk), ``download``
+    (a tag that needs the network), or ``missing: ...`` (a file that does not exist). Never downloads."""
+    if not pretrained:
+        return "random"
+    if os.path.isfile(str(pretrained)):
+        return "file"
+    if arch is not None:
+        return f"missing: no file {pretrained}"
+    cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
+    if not cfg:
+        return f"missing: {pretrained!r} is neither a tag of {name} nor a file"
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub.rstrip("/") if hub.endswith("/") else hub)
+        repo = hub.rstrip("/") if hub.endswith("/") else repo
+        names = [filename] if filename and not hub.endswith("/") else [
+            "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for fname in names:
+            found = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
+            if isinstance(found, str) and os.path.isfile(found):
+                return "cached"
+    url = cfg.get("url", "")
+    if url and os.path.isfile(os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))):
+        return "cached"
+    return "download"
 
 
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # in OpenAI's checkpoints only

@@ -44,14 +44,25 @@ def config_dir() -> Path:
     return path
 
 
-def _load_yaml(path: Path) -> DictConfig:
+def load_yaml(path: str | os.PathLike, what: str = "config") -> DictConfig:
+    """A YAML mapping file; a syntax error is one line, ``FILE:LINE:COLUMN: problem``."""
+    import yaml
+
     try:
         cfg = OmegaConf.load(path)
-    except (OSError, OmegaConfBaseException, ValueError) as e:
-        raise UserError(f"cannot read config {path}: {e}") from e
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"{where}: YAML syntax error in this {what} file: {e.problem or e.context}") from e
+    except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as e:
+        raise UserError(f"cannot read {what} {path}: {' '.join(str(e).split())}") from e
     if not isinstance(cfg, DictConfig):
-        raise UserError(f"config {path} must be a mapping of keys to values")
+        raise UserError(f"{what} {path} must be a mapping of keys to values")
     return cfg
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    return load_yaml(path)
 
 
 def group_options(group: str, root: Path | None = None) -> list[str]:

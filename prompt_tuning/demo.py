@@ -40,6 +40,7 @@ def run_demo(workdir: str | Path | None = None, shots: int = 16, epochs: int = 4
                 "model=tiny", f"dataset={data}", "protocol=fewshot", *args,
                 f"protocol.shots={shots}", f"optim.max_epochs={epochs}", f"seed={seed}",
                 f"output_dir={workdir / 'outputs' / label.split()[0]}", f"runtime.progress={str(progress).lower()}",
+                f"runtime.cache_dir={workdir / 'cache'}",  # the demo leaves nothing in ~/.cache
             ])
             log(f"  {label}: {'training and testing' if label != 'zeroshot' else 'testing'} ...", flush=True)
             results[label] = train(cfg)

@@ -35,6 +35,7 @@ class RunLock:
     def __init__(self, run_dir: str | os.PathLike):
         self.path = Path(run_dir) / LOCK_FILE
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.created: list[Path] = []  # folders acquire() made, removed again on release if still empty
 
     def holder(self) -> dict | None:
         """Who holds the lock (None if nobody, or if the lock is stale)."""
@@ -50,7 +51,9 @@ class RunLock:
 
     def acquire(self) -> None:
         try:
+            missing = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.created = missing  # innermost first
         except OSError as e:
             raise UserError(f"cannot write to {self.path.parent}: {e.strerror}; choose another output_dir") from e
         for _ in range(2):
@@ -76,6 +79,11 @@ class RunLock:
                 self.path.unlink()
         except (FileNotFoundError, json.JSONDecodeError):
             pass
+        for folder in self.created:  # a run that wrote nothing leaves no empty folders behind
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote files), or gone
+                break
 
     def __enter__(self) -> RunLock:
         self.acquire()

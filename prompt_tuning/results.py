@@ -169,13 +169,42 @@ def _published(published: dict | None, method: str, dataset: str, metric: str) -
         return None
 
 
-def format_table(table: dict, fmt: str = "md", published: dict | None = None) -> str:
-    """Rows of method, shots, dataset; per metric ``mean ± std (seeds)``, the published number and the gap."""
-    metrics = sorted({m for rows in table.values() for row in rows.values() for m in row},
-                     key=lambda m: (m not in MAIN_METRICS, MAIN_METRICS.index(m) if m in MAIN_METRICS else 0, m))
+def _metric_order(m: str) -> tuple:
+    return (m not in MAIN_METRICS, MAIN_METRICS.index(m) if m in MAIN_METRICS else 0, m)
+
+
+def _cell(value: tuple[float, float, int], seeds: int | None) -> str:
+    """``mean ± std (n)``; with fewer seeds than the experiment asks, ``mean (n=1/3)`` (no std of too few);
+    an average over datasets (n = 0) is its mean alone."""
+    mean, std, n = value
+    if n == 0:
+        return f"{mean:.2f}"
+    if seeds and n < seeds:
+        return f"{mean:.2f} (n={n}/{seeds})"
+    return f"{mean:.2f} ± {std:.2f} ({n})"
+
+
+def format_table(table: dict, fmt: str = "md", published: dict | None = None, seeds: int | None = None) -> str:
+    """Rows of method, shots, dataset; per metric ``mean ± std (seeds)``, the published number and the gap.
+
+    ``seeds``: the seeds the experiment asks for; a cell with fewer shows ``n=1/3``. The CSV has separate
+    columns per metric: mean, std, n, published, diff (empty where there is nothing). Metrics that only the
+    published numbers have still get columns, so an experiment without finished runs shows what it expects.
+    """
+    if fmt not in ("md", "csv", "latex"):
+        raise UserError(f"--format {fmt}: choose md, csv or latex")
+    metrics = {m for rows in table.values() for row in rows.values() for m in row}
+    for (method, _), rows in table.items():
+        for dataset in rows:
+            values = ((published or {}).get("values") or {}).get(method.split("[")[0], {}) or {}
+            metrics |= set(values.get(dataset) or {})
+    metrics = sorted(metrics, key=_metric_order)
     header = ["method", "shots", "dataset"]
     for m in metrics:
-        header += [m] + ([f"{m} (published)", f"{m} (diff)"] if published else [])
+        if fmt == "csv":
+            header += [f"{m} mean", f"{m} std", f"{m} n"] + ([f"{m} published", f"{m} diff"] if published else [])
+        else:
+            header += [m] + ([f"{m} (published)", f"{m} (diff)"] if published else [])
     lines = []
     for (method, shots), rows in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         names = sorted(d for d in rows if d != AVERAGE) + ([AVERAGE] if AVERAGE in rows else [])
@@ -183,15 +212,17 @@ def format_table(table: dict, fmt: str = "md", published: dict | None = None) ->
             row = rows[dataset]
             cells = [method, "-" if shots is None else str(shots), dataset]
             for m in metrics:
-                if m in row:
-                    mean, std, n = row[m]
-                    cells.append(f"{mean:.2f}" if n == 0 else f"{mean:.2f} ± {std:.2f} ({n})")
-                else:
-                    cells.append("missing")
+                value = row.get(m)
+                pub = _published(published, method, dataset, m) if published else None
+                diff = f"{value[0] - pub:+.2f}" if value is not None and pub is not None else ""
+                if fmt == "csv":
+                    cells += ([f"{value[0]:.4f}", f"{value[1]:.4f}" if value[2] > 1 else "", str(value[2])]
+                              if value is not None else ["", "", "0"])
+                    cells += [f"{pub:.2f}" if pub is not None else "", diff] if published else []
+                    continue
+                cells.append(_cell(value, seeds) if value is not None else "missing")
                 if published:
-                    pub = _published(published, method, dataset, m)
-                    cells.append("not published" if pub is None else f"{pub:.2f}")
-                    cells.append(f"{row[m][0] - pub:+.2f}" if pub is not None and m in row else "")
+                    cells += ["not published" if pub is None else f"{pub:.2f}", diff]
             lines.append(cells)
     if fmt == "csv":
         import csv
@@ -205,8 +236,6 @@ def format_table(table: dict, fmt: str = "md", published: dict | None = None) ->
         body = [" & ".join(row) + r" \\" for row in esc]
         return "\n".join([r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", body[0], r"\midrule",
                           *body[1:], r"\bottomrule", r"\end{tabular}"])
-    if fmt != "md":
-        raise UserError(f"--format {fmt}: choose md, csv or latex")
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(row) + " |" for row in lines]
     source = (published or {}).get("source")

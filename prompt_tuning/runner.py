@@ -67,12 +67,16 @@ def quiet_lightning() -> None:
 
 def build(cfg: DictConfig) -> Setup:
     """Build the model, data and module of a run (seeded, so the same config builds the same run)."""
+    dataset = instantiate(cfg.dataset)  # the data first: a missing folder is reported before any download
+    splits = dataset.load()
+    names = classnames_of(splits["train"] + splits["val"] + splits["test"], f"dataset {dataset.name}")
+    others = {}
+    for other in cfg.protocol.eval_datasets:  # transfer targets: their classes and template
+        other_ds = instantiate(dataset_section(other, cfg.data.root))
+        others[other] = (other_ds, other_ds.load()["test"])
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     clip = FrozenCLIP.build(cfg.model.name, cfg.model.pretrained, cfg.model.arch, cfg.model.cache_dir,
                             cfg.model.quick_gelu)
-    dataset = instantiate(cfg.dataset)
-    splits = dataset.load()
-    names = classnames_of(splits["train"] + splits["val"] + splits["test"], f"dataset {dataset.name}")
 
     train, val = cached_few_shot(dataset, splits["train"], splits["val"], cfg.protocol.shots, cfg.seed)
     train, val = subsample_classes(train, val, subsample=cfg.protocol.subsample)
@@ -81,9 +85,7 @@ def build(cfg: DictConfig) -> Setup:
     for subset in cfg.protocol.eval_subsets:
         (test,) = subsample_classes(splits["test"], subsample=subset)
         eval_sets[subset] = (Task(_names(names, subset), dataset.template), test)
-    for other in cfg.protocol.eval_datasets:  # transfer: the other dataset's classes and template
-        other_ds = instantiate(dataset_section(other, cfg.data.root))
-        test = other_ds.load()["test"]
+    for other, (other_ds, test) in others.items():
         eval_sets[f"{other}/"] = (Task(classnames_of(test, other), other_ds.template), test)
 
     context: Context = instantiate(cfg.method.context, clip=clip, task=train_task)
@@ -145,6 +147,16 @@ def _optim(cfg: DictConfig) -> dict:
     o = cfg.optim
     return dict(lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, max_epochs=int(max_epochs),
                 warmup_epochs=o.warmup_epochs, warmup_lr=o.warmup_lr)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C during epoch ``epoch`` (1-based) of ``max_epochs``; the run folder holds
+    the last finished epoch's checkpoint, so ``resume=true`` continues it."""
+
+    def __init__(self, epoch: int, max_epochs: int):
+        super().__init__(f"interrupted at epoch {epoch}/{max_epochs}")
+        self.epoch = epoch
+        self.max_epochs = max_epochs
 
 
 class EpochSeed(pl.Callback):
@@ -299,8 +311,13 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
     write_atomic(run_dir / CONFIG_FILE, f"# run hash: {config_hash}\n" + annotated_yaml(cfg, sources))
     trainer = make_trainer(cfg, run_dir, max_epochs)
     if setup.module.trainable:
-        trainer.fit(setup.module, datamodule=setup.datamodule, ckpt_path=str(last) if resuming else None,
-                    weights_only=True)
+        try:
+            trainer.fit(setup.module, datamodule=setup.datamodule, ckpt_path=str(last) if resuming else None,
+                        weights_only=True)
+        except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into a graceful exit(1)
+            if isinstance(e, SystemExit) and not trainer.interrupted:
+                raise
+            raise Interrupted(trainer.current_epoch + 1, max_epochs) from None
     metrics = evaluate(setup, trainer)
     result = {
         "method": cfg.method.name,

@@ -10,6 +10,7 @@ An experiment file::
       dataset: [eurosat, dtd]
       seed: [1, 2, 3]
     published: {...}                    # numbers to compare with, read by `prompt-tuning table`
+    display: {coop: CoOp, "coop[n_ctx=4]": CoOp-4}   # names in plots (default: the papers' spelling)
 
 A run whose ``result.json`` carries the same config hash is skipped, so a killed sweep resumes where it stopped;
 a run another process is training (locked) is left to it. Grid values other than method, dataset, seed and
@@ -18,6 +19,7 @@ a run another process is training (locked) is left to it. Grid values other than
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 import time
@@ -26,8 +28,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from prompt_tuning.config import Composed, compose, compose_annotated, run_hash
-from prompt_tuning.errors import UserError
+from prompt_tuning.config import Composed, compose, compose_annotated, load_yaml, run_hash
+from prompt_tuning.errors import HelpFormatter, UserError
 from prompt_tuning.locks import RunLock
 from prompt_tuning.results import read_result, write_atomic
 
@@ -48,14 +50,14 @@ def load_experiment(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"experiment file {path} does not exist")
-    exp = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    exp = OmegaConf.to_container(load_yaml(path, "experiment"), resolve=True)
     for key in ("name", "grid"):
         if key not in exp:
             raise UserError(f"experiment {path} needs a '{key}' entry")
-    unknown = set(exp) - {"name", "description", "output", "args", "grid", "published"}
+    unknown = set(exp) - {"name", "description", "output", "args", "grid", "published", "display"}
     if unknown:
         raise UserError(f"experiment {path}: unknown entries {sorted(unknown)}; valid: name, description, "
-                        "output, args, grid, published")
+                        "output, args, grid, published, display")
     exp.setdefault("output", f"outputs/{exp['name']}")
     exp.setdefault("args", [])
     return exp
@@ -73,6 +75,12 @@ def expand(exp: dict, only: list[str] = ()) -> list[Run]:
         if not sep or key not in grid:
             raise UserError(f"--only {f!r}: give key=value with key one of {', '.join(grid)}")
         filters.setdefault(key, set()).add(value)
+    if filters:
+        for key, wanted in filters.items():
+            unknown = sorted(wanted - {str(v) for v in grid[key]})
+            if unknown:
+                raise UserError(f"--only {key}={','.join(unknown)} matches nothing: the grid's {key} values are "
+                                f"{', '.join(map(str, grid[key]))}")
     runs = []
     for combo in itertools.product(*grid.values()):
         choice = dict(zip(grid, combo))
@@ -130,11 +138,15 @@ def recipe_note(composed: Composed) -> str:
 
 
 def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progress: bool = False,
-          log=print, overwrite: bool = False) -> dict[str, int]:
-    """Run the missing runs of an experiment; returns counts of done / ran / failed / running."""
-    from prompt_tuning.runner import train
+          log=print, overwrite: bool = False, overrides: list[str] = ()) -> dict[str, int]:
+    """Run the missing runs of an experiment; returns counts of done / ran / failed / running / blocked.
+
+    ``overrides`` (``key=value``, as for ``train``) apply to every run, after the experiment's own arguments.
+    """
+    from prompt_tuning.runner import Interrupted, train
 
     exp = load_experiment(path)
+    exp["args"] = [*exp["args"], *overrides]
     runs = expand(exp, only)
     composed = []
     for run in runs:
@@ -144,20 +156,31 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
         composed.append(c)
     cfgs = [c.cfg for c in composed]
     states = [status(cfg) for cfg in cfgs]
+    problems = readiness(cfgs)
+    states = ["blocked" if s == "todo" and problems.get(i) else s for i, s in enumerate(states)]
     counts = {"total": len(runs), "done": states.count("done"), "running": states.count("running"),
-              "changed": states.count("changed"), "ran": 0, "failed": 0}
+              "changed": states.count("changed"), "blocked": states.count("blocked"), "ran": 0, "failed": 0}
     todo = [i for i, s in enumerate(states) if s == "todo"]
-    log(f"experiment {exp['name']}: {len(runs)} runs, {counts['done']} done, {counts['running']} running "
-        f"elsewhere, {len(todo)} to run" + (f", {counts['changed']} finished under another configuration "
-                                             "(kept; --overwrite replaces them)" if counts["changed"] else ""))
+    log(f"experiment {exp['name']}: {len(runs)} runs, {counts['done']} done, {len(todo)} to run, "
+        f"{counts['blocked']} blocked, {counts['running']} running elsewhere"
+        + (f", {counts['changed']} finished under another configuration (kept; --overwrite replaces them)"
+           if counts["changed"] else ""))
     if dry_run:
-        for run, state, c in zip(runs, states, composed):
+        for line in _check_lines(cfgs):
+            log(line)
+        for i, (run, state, c) in enumerate(zip(runs, states, composed)):
             note = recipe_note(c)
-            log(f"  [{state:7s}] {run.describe()}  ->  {run.output_dir}" + (f"\n            recipe: {note}"
-                                                                           if note else ""))
+            log(f"  [{state:7s}] {run.describe()}  ->  {run.output_dir}"
+                + (f"\n            recipe: {note}" if note else "")
+                + (f"\n            blocked: {problems[i]}" if state == "blocked" else ""))
+        log(estimate(cfgs, states))
         return counts
-    write_atomic(Path(exp["output"]) / "experiment.yaml", Path(path).read_text())  # for `table` and `plot`
+    text = Path(path).read_text()
+    if overrides:  # table and plot must see the runs as they were composed
+        text = f"# written by `prompt-tuning sweep {path} {' '.join(overrides)}`\n" + OmegaConf.to_yaml(exp)
+    write_atomic(Path(exp["output"]) / "experiment.yaml", text)
     started = time.time()
+    failures = [(runs[i].describe(), problems[i]) for i, s in enumerate(states) if s == "blocked"]
     for n, i in enumerate(todo, 1):
         run, cfg = runs[i], cfgs[i]
         if status(cfg) != "todo":  # another sweep got there meanwhile
@@ -168,33 +191,138 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
             result = train(cfg, composed[i].sources)
             counts["ran"] += 1
             log(f"    {', '.join(f'{k}={v:.2f}' for k, v in result['metrics'].items() if 'macro' not in k)}")
+        except Interrupted as e:
+            again = " ".join([str(path), *overrides, *(f"--only {o}" for o in only)])
+            raise KeyboardInterrupt(f"{e} of {run.describe()}; continue with: prompt-tuning sweep {again} "
+                                    "(finished runs are skipped)") from None
         except UserError as e:
             if "is being trained by pid" in str(e):
                 counts["running"] += 1
                 continue
             counts["failed"] += 1
+            failures.append((run.describe(), str(e)))
             log(f"    FAILED: {e}")
     log(f"done: {counts['ran']} ran, {counts['done']} were done, {counts['failed']} failed, "
-        f"{counts['running']} running elsewhere"
+        f"{counts['blocked']} blocked, {counts['running']} running elsewhere"
         + (f", {counts['changed']} kept under another configuration" if counts["changed"] else "")
         + f"; results under {exp['output']}")
+    if failures:
+        log(f"not run ({len(failures)}):")
+        for describe, why in failures:
+            log(f"  {describe}: {why}")
     return counts
 
 
-def main(argv: list[str] | None = None) -> int:
+def _dataset_problem(section) -> str | None:
+    """Why a dataset section cannot be read (its folder or split file is missing), or None."""
+    args = section.get("init_args") or {}
+    root = args.get("root")
+    if not root:
+        return None
+    if not Path(root).is_dir():
+        return f"dataset folder {root} is missing"
+    split = args.get("split_file")
+    if split and not (Path(root) / split).is_file():
+        return f"split file {Path(root) / split} is missing"
+    return None
+
+
+@functools.cache
+def _section(name: str, data_root: str):
+    from prompt_tuning.config import dataset_section
+
+    return dataset_section(name, data_root)
+
+
+def _datasets_of(cfg) -> dict[str, object]:
+    """The dataset sections a run reads: its own and its transfer targets."""
+    sections = {cfg.dataset.name: cfg.dataset}
+    for other in cfg.protocol.eval_datasets:
+        sections.setdefault(other, _section(str(other), str(cfg.data.root)))
+    return sections
+
+
+def _weights(cfg) -> str:
+    from prompt_tuning.clip import weights_status
+
+    return weights_status(cfg.model.name, cfg.model.pretrained, cfg.model.arch, cfg.model.cache_dir)
+
+
+def readiness(cfgs: list) -> dict[int, str]:
+    """Run index -> why it cannot run here (a missing dataset folder or split file, a missing weight file)."""
+    seen: dict = {}
+    problems = {}
+    for i, cfg in enumerate(cfgs):
+        why = []
+        for name, section in _datasets_of(cfg).items():
+            key = ("dataset", name, str((section.get("init_args") or {}).get("root")))
+            if key not in seen:
+                seen[key] = _dataset_problem(section)
+            if seen[key]:
+                why.append(seen[key])
+        key = ("model", cfg.model.name, str(cfg.model.pretrained))
+        if key not in seen:
+            seen[key] = _weights(cfg)
+        if str(seen[key]).startswith("missing"):
+            why.append(f"weights {seen[key]}")
+        if why:
+            problems[i] = "; ".join(why[:2]) + (f"; and {len(why) - 2} more" if len(why) > 2 else "")
+    return problems
+
+
+def _check_lines(cfgs: list) -> list[str]:
+    """Per dataset: present or what is missing; per model: where its weights come from."""
+    datasets, models = {}, {}
+    for cfg in cfgs:
+        for name, section in _datasets_of(cfg).items():
+            datasets.setdefault(name, _dataset_problem(section) or f"ready ({section.init_args.get('root')})")
+        label = f"{cfg.model.name} ({cfg.model.pretrained or 'random weights'})"
+        models.setdefault(label, _weights(cfg))
+    meaning = {"random": "random weights, nothing to load", "file": "a local file", "cached": "cached on disk",
+               "download": "not cached: will be downloaded (needs internet)"}
+    lines = ["datasets:"] + [f"  {n:16s} {state}" for n, state in datasets.items()]
+    lines += ["models:"] + [f"  {m}: {meaning.get(s, s)}" for m, s in models.items()]
+    return lines
+
+
+def estimate(cfgs: list, states: list[str]) -> str:
+    """The time the runs to do should take, from the wall times of the finished ones."""
+    times = [r["wall_time_s"] for cfg, s in zip(cfgs, states) if s == "done"
+             for r in [read_result(cfg.output_dir)] if r and "wall_time_s" in r]
+    todo = states.count("todo")
+    if not todo:
+        return "estimated time: nothing to run"
+    if not times:
+        return f"estimated time: unknown ({todo} runs to do; no finished run to estimate from)"
+    mean = sum(times) / len(times)
+    return (f"estimated time: {mean * todo / 3600:.1f} h for {todo} runs "
+            f"(mean {mean / 60:.1f} min over {len(times)} finished runs)")
+
+
+def parser():
     import argparse
 
-    p = argparse.ArgumentParser(prog="prompt-tuning sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and what is already done")
-    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE", help="run a slice of the grid")
+    p = argparse.ArgumentParser(prog="prompt-tuning sweep", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter,
+                                epilog="--debug anywhere on the command line shows tracebacks of user errors")
+    p.add_argument("experiment", help="an experiment file (experiments/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="applied to every run, as for `train` (e.g. model=tiny data.root=/data)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs, check datasets and weights, count done / to run / blocked, estimate time")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                   help="run a slice of the grid (repeatable)")
     p.add_argument("--progress", action="store_true", help="progress bars inside each run")
     p.add_argument("--overwrite", action="store_true",
                    help="rerun runs whose folder holds a finished result of another configuration")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
     counts = sweep(args.experiment, args.only, args.dry_run, args.progress,
-                   log=lambda m: print(m, flush=True), overwrite=args.overwrite)
-    return 1 if counts["failed"] else 0
+                   log=lambda m: print(m, flush=True), overwrite=args.overwrite, overrides=args.overrides)
+    return 1 if counts["failed"] or (counts["blocked"] and not args.dry_run) else 0
 
 
 if __name__ == "__main__":

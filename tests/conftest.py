@@ -1,7 +1,16 @@
 """Shared fixtures: a tiny random CLIP and a generated shapes dataset (no downloads anywhere)."""
 
+import atexit
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
+
+# matplotlib's font cache: in a temporary folder removed at exit, never in ~/.cache (set before any import)
+if "MPLCONFIGDIR" not in os.environ:
+    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="pt-tests-mpl-")
+    atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], True)
 
 import pytest
 import torch

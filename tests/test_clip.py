@@ -100,7 +100,8 @@ def test_openai_weights_get_quickgelu(monkeypatch, tag, quick):
         raise RuntimeError("stop before download")
 
     monkeypatch.setattr(open_clip, "create_model", fake_create_model)
-    with pytest.raises(RuntimeError, match="stop before download"):
+    with pytest.raises(UserError, match=f"cannot load the weights of model ViT-B-16, pretrained tag '{tag}'.*"
+                                        "stop before download.*model.pretrained=/path/to/file"):
         FrozenCLIP.build("ViT-B-16", tag)
     assert seen == {"name": "ViT-B-16", "pretrained": tag, "quick": quick}
 

@@ -7,6 +7,7 @@ from nbclient import NotebookClient
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["new_method", "fewshot_ablation"])
 def test_notebook_runs_top_to_bottom(name, tmp_path):
     nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)

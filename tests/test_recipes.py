@@ -87,7 +87,8 @@ def _check(cfg, expected):
         assert got == value, f"{key}: {got!r}, the authors ran {value!r}"
 
 
-PAPER_EXPERIMENTS = ["base2novel", "coop_fewshot", "cross_dataset", "domain_generalization"]
+PAPER_EXPERIMENTS = [pytest.param("base2novel", marks=pytest.mark.slow),
+                     pytest.param("coop_fewshot", marks=pytest.mark.slow), "cross_dataset", "domain_generalization"]
 
 
 @pytest.mark.parametrize("name", PAPER_EXPERIMENTS)

@@ -50,18 +50,28 @@ def test_published_column_and_difference_in_md_csv_latex():
     avg_row = next(line for line in md.splitlines() if f"| {AVERAGE} |" in line)
     assert "| 85.00 | 84.00 | +1.00 |" in avg_row
     assert "Published numbers: Paper, Table 1" in md
-    csv = format_table(table, "csv", published)
-    assert csv.splitlines()[0].startswith("method,shots,dataset,base_acc,base_acc (published),base_acc (diff)")
+    csv = format_table(table, "csv", published)  # separate columns: mean, std, n, published, diff
+    lines = csv.splitlines()
+    assert lines[0].startswith("method,shots,dataset,base_acc mean,base_acc std,base_acc n,base_acc published,"
+                               "base_acc diff,novel_acc mean")
+    assert lines[1].startswith("coop,16,a,80.0000,,1,,,60.0000,,1,")  # one seed: no std; nothing published
+    assert lines[-1].startswith(f"coop,16,{AVERAGE},85.0000,,0,84.00,+1.00,")
     latex = format_table(table, "latex", published)
     assert latex.startswith(r"\begin{tabular}") and r"80.00 $\pm$ 0.00 (1)" in latex
 
 
-@pytest.mark.parametrize("name, runs", [("base2novel", 165), ("coop_fewshot", 165), ("cross_dataset", 12),
-                                        ("domain_generalization", 12), ("ablation_nctx", 27), ("demo", 12)])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name, runs", [
+    pytest.param("base2novel", 165, marks=SLOW), pytest.param("coop_fewshot", 165, marks=SLOW),
+    pytest.param("cross_dataset", 12, marks=SLOW), pytest.param("domain_generalization", 12, marks=SLOW),
+    ("ablation_nctx", 27), ("demo", 12)])
 def test_each_paper_experiment_dry_runs_to_the_right_number_of_runs(name, runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     counts = sweep_mod.sweep(REPO / "experiments" / f"{name}.yaml", dry_run=True, log=lambda m: None)
-    assert counts == {"total": runs, "done": 0, "running": 0, "changed": 0, "ran": 0, "failed": 0}
+    assert counts == {"total": runs, "done": 0, "running": 0, "changed": 0, "blocked": runs, "ran": 0,
+                      "failed": 0}  # no dataset folder under this empty working directory
 
 
 def _tiny_experiment(tmp_path, shapes_dir):
