@@ -375,10 +375,9 @@ def weights_status(name: str, pretrained: str | None, arch: Any = None, cache_di
     if hub:
         from huggingface_hub import try_to_load_from_cache
 
-        repo, filename = os.path.split(hub.rstrip("/") if hub.endswith("/") else hub)
-        repo = hub.rstrip("/") if hub.endswith("/") else repo
-        names = [filename] if filename and not hub.endswith("/") else [
-            "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        # open_clip's convention: "org/model/" means its default file names, "org/model/file.pt" one file
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         for fname in names:
             found = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
             if isinstance(found, str) and os.path.isfile(found):

@@ -1,4 +1,4 @@
-"""The one exception type for user mistakes.
+"""The one exception type for user mistakes, and how the commands print their help.
 
 A `UserError` is something the user can fix (a bad config key, a missing folder, a wrong model name). The CLI
 prints its message without a traceback; anything else is a bug and keeps its traceback.

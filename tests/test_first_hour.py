@@ -252,3 +252,19 @@ def test_the_demo_leaves_nothing_in_the_home_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("PT_CACHE_DIR", raising=False)
     run_demo(None, shots=1, epochs=1, log=lambda *a, **k: None)
     assert not (tmp_path / "home" / ".cache").exists()
+
+
+def test_weights_status_finds_weights_in_the_hub_cache_without_downloading(tmp_path):
+    from prompt_tuning.clip import weights_status
+
+    repo = open_clip.get_pretrained_cfg("ViT-B-16", "openai")["hf_hub"].rstrip("/")
+    assert weights_status("ViT-B-16", "openai", cache_dir=str(tmp_path)) == "download"
+    folder = tmp_path / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("abc123")
+    (folder / "snapshots" / "abc123").mkdir(parents=True)
+    (folder / "snapshots" / "abc123" / "open_clip_pytorch_model.bin").write_bytes(b"weights")
+    assert weights_status("ViT-B-16", "openai", cache_dir=str(tmp_path)) == "cached"
+    (tmp_path / "w.pt").write_bytes(b"x")
+    assert weights_status("ViT-B-16", str(tmp_path / "w.pt")) == "file"
+    assert weights_status("tiny", None) == "random"
