@@ -181,6 +181,15 @@ def _plot(args) -> None:
 
 
 def _demo(args) -> None:
+    if "matplotlib" not in sys.modules and "MPLCONFIGDIR" not in os.environ:
+        # Lightning's imports load matplotlib, which would write its font cache to ~/.cache: the demo leaves
+        # nothing there, so that cache lives in a temporary folder for this process
+        import atexit
+        import shutil
+        import tempfile
+
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="prompt-tuning-demo-mpl-")
+        atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], True)
     from prompt_tuning.demo import format_table, run_demo
 
     print("prompt-tuning demo: generated shapes dataset, tiny CLIP with RANDOM weights (shows the pipeline, "

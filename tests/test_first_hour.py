@@ -245,13 +245,17 @@ def test_plot_formats_display_names_error_bars_caption_and_outside_legend(tmp_pa
 
 
 # --------------------------------------------------------------------------------- 6. nothing in ~/.cache
-def test_the_demo_leaves_nothing_in_the_home_cache(tmp_path, monkeypatch):
-    from prompt_tuning.demo import run_demo
-
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PT_CACHE_DIR", raising=False)
-    run_demo(None, shots=1, epochs=1, log=lambda *a, **k: None)
-    assert not (tmp_path / "home" / ".cache").exists()
+@pytest.mark.slow
+def test_the_demo_leaves_nothing_in_the_home_cache(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PT_CACHE_DIR", "MPLCONFIGDIR", "XDG_CACHE_HOME")}
+    proc = subprocess.run([sys.executable, "-m", "prompt_tuning.cli", "demo", "--shots", "1", "--epochs", "1"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**env, "HOME": str(home), "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert "| coop (csc) |" in proc.stdout
+    assert not any(home.iterdir()), sorted(str(p) for p in home.rglob("*"))  # no ~/.cache, no ~/.config
 
 
 def test_weights_status_finds_weights_in_the_hub_cache_without_downloading(tmp_path):
