@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_report(r))
     if args.json:
-        from prompt_tuning.results import write_json
+        from prompt_tuning.files import write_json
 
         write_json(args.json, r)
     return 0 if r["logits_max_abs_diff"] <= 1e-5 else 1

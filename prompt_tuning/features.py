@@ -32,7 +32,7 @@ from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.data.datamodule import ImageDataset
 from prompt_tuning.data.datasets import Item
 from prompt_tuning.errors import UserError
-from prompt_tuning.results import atomic_path
+from prompt_tuning.files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
@@ -18,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.contexts.base import Context, Task
-from prompt_tuning.objectives import CrossEntropy, Objective
+from prompt_tuning.objectives import CrossEntropy, Objective, Outputs
 
 
 def warmup_cosine(epoch: int, max_epochs: int, warmup_epochs: int, lr: float, warmup_lr: float) -> float:
@@ -27,18 +26,6 @@ def warmup_cosine(epoch: int, max_epochs: int, warmup_epochs: int, lr: float, wa
     if epoch < warmup_epochs:
         return warmup_lr / lr
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / max_epochs))
-
-
-@dataclass
-class Outputs:
-    """What a forward pass gives objectives: logits ``(M, B, C)``, normalised image features ``(B, d)``,
-    normalised class text features (``(S, C, d)``; ``(M * B, C, d)`` for conditional contexts) and the
-    context's auxiliary loss (or None)."""
-
-    logits: torch.Tensor
-    image_features: torch.Tensor
-    text_features: torch.Tensor
-    aux_loss: torch.Tensor | None = None
 
 
 class PromptTuner(pl.LightningModule):

@@ -1,4 +1,4 @@
-"""Training objectives. An objective maps the module's `Outputs` and the labels to named loss terms; the
+"""Training objectives. An objective maps a forward pass's `Outputs` and the labels to named loss terms; the
 module sums the terms (or hands them to a gradient rule). Objectives see logits, features and frozen
 zero-shot features, never a method's internals; the frozen features they need are computed once per class set
 (non-persistent buffers, so checkpoints stay context-only).
@@ -9,6 +9,7 @@ Logits carry a leading set axis ``(M, B, C)`` (prompt sets or Monte-Carlo sample
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +20,18 @@ from prompt_tuning.contexts.base import Task
 
 if TYPE_CHECKING:
     from prompt_tuning.clip import FrozenCLIP
-    from prompt_tuning.module import Outputs
+
+
+@dataclass
+class Outputs:
+    """What a forward pass gives objectives: logits ``(M, B, C)``, normalised image features ``(B, d)``,
+    normalised class text features (``(S, C, d)``; ``(M * B, C, d)`` for conditional contexts) and the
+    context's auxiliary loss (or None)."""
+
+    logits: torch.Tensor
+    image_features: torch.Tensor
+    text_features: torch.Tensor
+    aux_loss: torch.Tensor | None = None
 
 
 def set_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

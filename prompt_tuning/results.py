@@ -1,12 +1,10 @@
-"""Run outputs: atomic writes of ``result.json`` and ``config.yaml``, and the result record."""
+"""Run outputs: the ``result.json`` record, aggregation over seeds, and tables against published numbers."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,38 +17,6 @@ CONFIG_FILE = "config.yaml"
 def harmonic_mean(a: float, b: float) -> float:
     """``2ab / (a + b)``, 0 when both are 0 (the base-to-novel HM)."""
     return 2 * a * b / (a + b) if a + b > 0 else 0.0
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (readers see the old file
-    or the whole new one, never half of it); on failure it is removed."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as e:
-        raise UserError(f"cannot write to {path.parent}: {e.strerror}; choose another output_dir") from e
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (see `atomic_path`), flushed to disk before the rename."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    return Path(path)
-
-
-def write_json(path: str | os.PathLike, data: dict) -> Path:
-    return write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_result(run_dir: str | os.PathLike) -> dict | None:

@@ -25,17 +25,10 @@ from prompt_tuning.data.protocols import subsample_classes
 from prompt_tuning.data.transforms import eval_transform, train_transform
 from prompt_tuning.errors import UserError
 from prompt_tuning.features import FeatureCache, FeatureDataset
+from prompt_tuning.files import write_atomic, write_json
 from prompt_tuning.locks import RunLock
 from prompt_tuning.module import PromptTuner
-from prompt_tuning.results import (
-    CONFIG_FILE,
-    RESULT_FILE,
-    harmonic_mean,
-    read_result,
-    versions,
-    write_atomic,
-    write_json,
-)
+from prompt_tuning.results import CONFIG_FILE, RESULT_FILE, harmonic_mean, read_result, versions
 
 CKPT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"

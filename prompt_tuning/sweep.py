@@ -30,8 +30,9 @@ from omegaconf import OmegaConf
 
 from prompt_tuning.config import Composed, compose, compose_annotated, load_yaml, run_hash
 from prompt_tuning.errors import HelpFormatter, UserError
+from prompt_tuning.files import write_atomic
 from prompt_tuning.locks import RunLock
-from prompt_tuning.results import read_result, write_atomic
+from prompt_tuning.results import read_result
 
 PATH_KEYS = ("dataset", "method", "protocol.shots", "seed")  # keys the standard run path already encodes
 

@@ -184,7 +184,7 @@ def test_bayesian_samples_kl_and_determinism(tiny_clip, cls):
 def test_monte_carlo_likelihood_is_log_mean_exp(tiny_clip):
     logits = torch.randn(4, 3, 5)
     labels = torch.tensor([0, 4, 2])
-    from prompt_tuning.module import Outputs
+    from prompt_tuning.objectives import Outputs
 
     out = Outputs(logits, torch.zeros(3, 2), torch.zeros(4, 5, 2))
     p = logits.softmax(-1)[:, torch.arange(3), labels]  # (M, B)

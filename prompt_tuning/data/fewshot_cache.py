@@ -18,7 +18,7 @@ from pathlib import Path
 from prompt_tuning.data.datasets import Item, check_exist
 from prompt_tuning.data.protocols import few_shot, few_shot_splits
 from prompt_tuning.errors import UserError
-from prompt_tuning.results import write_json
+from prompt_tuning.files import write_json
 
 
 class _Datum:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prompt_tuning.errors import UserError
-from prompt_tuning.results import write_json
+from prompt_tuning.files import write_json
 
 # class-name clean-ups of the reference dataset code
 EUROSAT_NAMES = {
