@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", metavar="key=value", help="changes to the run's config, e.g. dataset=...")
     e.add_argument("--checkpoint", help="checkpoint file (default: RUN/checkpoints/last.ckpt)")
 
+    x = command("export", "write a run's learned classifier to a .safetensors file usable without this package")
+    x.add_argument("run", help="a run folder (holding config.yaml and checkpoints/last.ckpt)")
+    x.add_argument("--out", required=True, help="the .safetensors file to write")
+    x.add_argument("--classes", help="a file of class names, one per line (default: the run's own classes)")
+    x.add_argument("--checkpoint", help="checkpoint file (default: RUN/checkpoints/last.ckpt)")
+
     ds = command("datasets", "list, check or prepare benchmark datasets")
     dsub = ds.add_subparsers(dest="action", required=True)
     lst = dsub.add_parser("list", help="the dataset configs, their folders, and which are present",
@@ -131,6 +137,16 @@ def _eval(args) -> None:
     checkpoint = args.checkpoint or Path(args.run) / CKPT_DIR / LAST_CKPT
     metrics = evaluate_checkpoint(cfg, checkpoint)
     print(json.dumps(metrics, indent=2))
+
+
+def _export(args) -> None:
+    from prompt_tuning.export import export_head
+
+    head = export_head(args.run, args.out, args.classes, args.checkpoint)
+    kind = ("class weights" if head.text_features is not None else
+            "learned tensors (conditional or stochastic prompts: they need prompt-tuning to classify)")
+    print(f"wrote {args.out}: {len(head.classnames)} classes, {kind}, model {head.model} "
+          f"({head.pretrained or 'random weights'})")
 
 
 def _datasets(args) -> int:
@@ -237,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         debug = getattr(args, "debug", False)
         commands = {"train": _train, "eval": _eval, "demo": _demo, "datasets": _datasets, "table": _table,
-                    "plot": _plot}
+                    "plot": _plot, "export": _export}
         run = lambda: commands[args.command](args) or 0  # noqa: E731
     try:
         return run()

@@ -67,9 +67,7 @@ def build(cfg: DictConfig) -> Setup:
     for other in cfg.protocol.eval_datasets:  # transfer targets: their classes and template
         other_ds = instantiate(dataset_section(other, cfg.data.root))
         others[other] = (other_ds, other_ds.load()["test"])
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    clip = FrozenCLIP.build(cfg.model.name, cfg.model.pretrained, cfg.model.arch, cfg.model.cache_dir,
-                            cfg.model.quick_gelu)
+    clip = build_clip(cfg)
 
     train, val = cached_few_shot(dataset, splits["train"], splits["val"], cfg.protocol.shots, cfg.seed)
     train, val = subsample_classes(train, val, subsample=cfg.protocol.subsample)
@@ -81,11 +79,8 @@ def build(cfg: DictConfig) -> Setup:
     for other, (other_ds, test) in others.items():
         eval_sets[f"{other}/"] = (Task(classnames_of(test, other), other_ds.template), test)
 
-    context: Context = instantiate(cfg.method.context, clip=clip, task=train_task)
-    objective = instantiate(cfg.method.objective, clip=clip, task=train_task)
-    rule = instantiate(cfg.method.gradient_rule) if cfg.method.gradient_rule else None
-    module = PromptTuner(clip, context, train_task, objective, rule, **_optim(cfg))
-    eval_dataset, train_set = _datasets(cfg, clip, context, train)
+    module = make_module(cfg, clip, train_task)
+    eval_dataset, train_set = _datasets(cfg, clip, module.context, train)
     datamodule = PromptDataModule(
         train_set, eval_dataset(val) if cfg.trainer.check_val_every_n_epoch else None, None,
         batch_size=cfg.data.batch_size,
@@ -94,6 +89,21 @@ def build(cfg: DictConfig) -> Setup:
         seed=cfg.seed,
     )
     return Setup(clip, module, datamodule, train_task, eval_sets, eval_dataset, cfg.seed)
+
+
+def build_clip(cfg: DictConfig) -> FrozenCLIP:
+    """The run's frozen model, after seeding everything with the run's seed (random weights depend on it)."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    return FrozenCLIP.build(cfg.model.name, cfg.model.pretrained, cfg.model.arch, cfg.model.cache_dir,
+                            cfg.model.quick_gelu)
+
+
+def make_module(cfg: DictConfig, clip: FrozenCLIP, task: Task) -> PromptTuner:
+    """The method of ``cfg`` (context, objective, gradient rule, schedule) as a `PromptTuner` for ``task``."""
+    context: Context = instantiate(cfg.method.context, clip=clip, task=task)
+    objective = instantiate(cfg.method.objective, clip=clip, task=task)
+    rule = instantiate(cfg.method.gradient_rule) if cfg.method.gradient_rule else None
+    return PromptTuner(clip, context, task, objective, rule, **_optim(cfg))
 
 
 def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[Item]):
