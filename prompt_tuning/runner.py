@@ -29,6 +29,7 @@ from prompt_tuning.files import write_atomic, write_json
 from prompt_tuning.locks import RunLock
 from prompt_tuning.module import PromptTuner
 from prompt_tuning.results import CONFIG_FILE, RESULT_FILE, harmonic_mean, read_result, versions
+from prompt_tuning.tracking import check_loggers, close_loggers, hyperparameters, make_loggers
 
 CKPT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
@@ -202,7 +203,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path | None, max_epochs: int) -> pl.T
         devices=1,
         precision=resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator)),
         deterministic=True,
-        logger=pl.loggers.CSVLogger(run_dir, name="logs", version="") if run_dir is not None else False,
+        logger=make_loggers(cfg, run_dir) if run_dir is not None else False,
         callbacks=callbacks,
         enable_checkpointing=run_dir is not None,
         enable_progress_bar=bool(cfg.runtime.progress),
@@ -290,6 +291,7 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
     quiet_lightning()
     start = time.time()
     previous_hash = saved_hash(run_dir)
+    check_loggers(cfg)  # a logger that cannot be made is an error before anything is written
     setup = build(cfg)
     max_epochs = setup.module.schedule["max_epochs"]
     if setup.module.trainable and setup.datamodule.train_set is None:
@@ -313,6 +315,8 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
             stale.unlink()
     write_atomic(run_dir / CONFIG_FILE, f"# run hash: {config_hash}\n" + annotated_yaml(cfg, sources))
     trainer = make_trainer(cfg, run_dir, max_epochs)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hyperparameters(cfg, config_hash))
     if setup.module.trainable:
         try:
             trainer.fit(setup.module, datamodule=setup.datamodule, ckpt_path=str(last) if resuming else None,
@@ -322,6 +326,7 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
                 raise
             raise Interrupted(trainer.current_epoch + 1, max_epochs) from None
     metrics = evaluate(setup, trainer)
+    close_loggers(trainer.loggers)
     result = {
         "method": cfg.method.name,
         "dataset": cfg.dataset.name,

@@ -91,7 +91,7 @@ def expand(exp: dict, only: list[str] = ()) -> list[Run]:
                 ("protocol", "model")}
         variant = "_".join(f"{k}{v}" for k, v in tags.items()) or "default"
         args = [*exp["args"], *(f"{k}={v}" for k, v in choice.items()),
-                *(f"tags.{k}={v}" for k, v in tags.items())]
+                *(f"tags.{k}={v}" for k, v in tags.items()), f"runtime.experiment={exp['name']}"]
         out = (f"{exp['output']}/${{dataset.name}}/${{method.name}}/{variant}/shots_${{protocol.shots}}/"
                f"seed_${{seed}}")
         runs.append(Run(choice, [*args, f"output_dir={out}"], Path()))
