@@ -55,3 +55,12 @@ def test_an_unknown_or_missing_tracker_is_one_line(shapes_dir, tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install -e '.[tracking]'" in err and "'wandb'" in err
     assert not (tmp_path / "b").exists()  # checked before anything was written
+
+
+def test_a_sweep_groups_its_runs_under_the_experiment_name():
+    from prompt_tuning.config import compose
+    from prompt_tuning.sweep import expand, load_experiment
+    from tests.conftest import REPO
+
+    runs = expand(load_experiment(REPO / "experiments" / "demo.yaml"))
+    assert {compose(r.args).runtime.experiment for r in runs} == {"demo"}
