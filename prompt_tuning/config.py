@@ -422,6 +422,17 @@ def instantiate(spec: DictConfig | dict, **injected: Any) -> Any:
     return cls(**kwargs)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"optim": {"lr": 0.002}}`` -> ``{"optim.lr": 0.002}`` (empty mappings stay leaves)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def run_hash(cfg: DictConfig) -> str:
     """12 hex digits identifying what a run computes (output paths and runtime settings excluded)."""
     plain = OmegaConf.to_container(cfg, resolve=True)

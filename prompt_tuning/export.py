@@ -65,11 +65,11 @@ def export_head(run_dir: str | Path, out: str | Path, classes_file: str | Path |
     from prompt_tuning.runner import (
         CKPT_DIR,
         LAST_CKPT,
-        _names,
         build_clip,
         load_context_state,
         make_module,
         saved_hash,
+        subset_names,
     )
 
     run_dir = Path(run_dir)
@@ -84,7 +84,7 @@ def export_head(run_dir: str | Path, out: str | Path, classes_file: str | Path |
             raise UserError(f"--classes {path}: the file names no class")
     else:
         splits = dataset.load()
-        names = _names(classnames_of(splits["train"] + splits["val"] + splits["test"], dataset.name),
+        names = subset_names(classnames_of(splits["train"] + splits["val"] + splits["test"], dataset.name),
                        cfg.protocol.subsample)
     task = Task(tuple(names), dataset.template)
     clip = build_clip(cfg)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from prompt_tuning.clip import FrozenCLIP
-from prompt_tuning.config import NOT_HASHED, annotated_yaml, dataset_section, instantiate, run_hash
+from prompt_tuning.config import NOT_HASHED, annotated_yaml, dataset_section, flatten, instantiate, run_hash
 from prompt_tuning.contexts.base import Context, Task
 from prompt_tuning.data.datamodule import ImageDataset, PromptDataModule
 from prompt_tuning.data.datasets import Item, classnames_of
@@ -72,11 +72,11 @@ def build(cfg: DictConfig) -> Setup:
 
     train, val = cached_few_shot(dataset, splits["train"], splits["val"], cfg.protocol.shots, cfg.seed)
     train, val = subsample_classes(train, val, subsample=cfg.protocol.subsample)
-    train_task = Task(_names(names, cfg.protocol.subsample), dataset.template)
+    train_task = Task(subset_names(names, cfg.protocol.subsample), dataset.template)
     eval_sets = {}
     for subset in cfg.protocol.eval_subsets:
         (test,) = subsample_classes(splits["test"], subsample=subset)
-        eval_sets[subset] = (Task(_names(names, subset), dataset.template), test)
+        eval_sets[subset] = (Task(subset_names(names, subset), dataset.template), test)
     for other, (other_ds, test) in others.items():
         eval_sets[f"{other}/"] = (Task(classnames_of(test, other), other_ds.template), test)
 
@@ -132,7 +132,7 @@ def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[I
     return eval_dataset, ImageDataset(train, train_tf)  # exact: a fresh augmentation every step
 
 
-def _names(names: list[str], subsample: str) -> list[str]:
+def subset_names(names: list[str], subsample: str) -> list[str]:
     """Class names of the ``all``/``base``/``novel`` half, in the relabelled order."""
     (kept,) = subsample_classes([Item("", i, n) for i, n in enumerate(names)], subsample=subsample)
     return [item.classname for item in kept]
@@ -257,25 +257,15 @@ def train(cfg: DictConfig, sources: dict[str, str] | None = None) -> dict:
 def _differences(run_dir: Path, cfg: DictConfig, most: int = 8) -> str:
     """The keys whose values differ between a run folder's config.yaml and ``cfg``, for error messages."""
     try:
-        old = _flat(OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=True))
+        old = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=True))
     except Exception:  # noqa: BLE001 - only an error message's detail
         return "its config.yaml cannot be read"
-    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    new = flatten(OmegaConf.to_container(cfg, resolve=True))
     keys = sorted(k for k in old.keys() | new.keys()
                   if old.get(k) != new.get(k) and k.split(".")[0] not in NOT_HASHED)
     shown = [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in keys[:most]]
     more = f", and {len(keys) - most} more" if len(keys) > most else ""
     return "differing keys: " + ", ".join(shown) + more if keys else "no key differs: the hash scheme changed"
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def saved_hash(run_dir: Path) -> str | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from prompt_tuning.config import flatten
 from prompt_tuning.errors import UserError
 
 NEEDS = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # logger -> package it needs
@@ -64,16 +65,7 @@ def close_loggers(loggers: list) -> None:
 
 
 def hyperparameters(cfg: DictConfig, run_hash: str) -> dict:
-    """The resolved config as flat ``{"optim.lr": 0.002, ...}`` (lists as text) plus ``run_hash``."""
-    flat: dict = {"run_hash": run_hash}
-
-    def walk(node, prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[f"{prefix}{key}"] = value if isinstance(value, bool | int | float | str) or value is None \
-                    else str(value)
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return {k: ("null" if v is None else v) for k, v in flat.items()}
+    """The resolved config as flat ``{"optim.lr": 0.002, ...}`` (lists and nulls as text) plus ``run_hash``."""
+    flat = {"run_hash": run_hash, **flatten(OmegaConf.to_container(cfg, resolve=True))}
+    return {k: v if isinstance(v, bool | int | float | str) else "null" if v is None else str(v)
+            for k, v in flat.items()}
