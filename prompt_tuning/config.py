@@ -61,10 +61,6 @@ def load_yaml(path: str | os.PathLike, what: str = "config") -> DictConfig:
     return cfg
 
 
-def _load_yaml(path: Path) -> DictConfig:
-    return load_yaml(path)
-
-
 def group_options(group: str, root: Path | None = None) -> list[str]:
     """Names of the files of a config group (``configs/<group>/*.yaml``)."""
     return sorted(p.stem for p in ((root or config_dir()) / group).glob("*.yaml"))
@@ -75,9 +71,9 @@ def _group_config(group: str, value: str, root: Path) -> DictConfig:
     path = Path(value).expanduser()
     named = root / group / f"{value}.yaml"
     if named.is_file():
-        return _load_yaml(named)
+        return load_yaml(named)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        return _load_yaml(path)
+        return load_yaml(path)
     if group == "dataset" and path.is_dir():
         return OmegaConf.create({
             "name": path.resolve().name,
@@ -125,7 +121,7 @@ def compose_annotated(args: list[str] | tuple[str, ...] = (), root: Path | None 
     so interpolations such as ``output_dir`` follow every value that is set later.
     """
     root = root or config_dir()
-    cfg = _load_yaml(root / "defaults.yaml")
+    cfg = load_yaml(root / "defaults.yaml")
     choices = OmegaConf.to_container(cfg.pop("defaults", {}))
     overrides = []
     for arg in args:
@@ -453,17 +449,17 @@ def compose_from_run(run_dir: str | Path, args: list[str] | tuple[str, ...] = ()
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder: it has no config.yaml")
     root = config_dir()
-    base = _load_yaml(root / "defaults.yaml")
+    base = load_yaml(root / "defaults.yaml")
     base.pop("defaults", None)
     base.method.pop("recipes", None)  # already applied when the run was composed
-    cfg = OmegaConf.merge(base, _load_yaml(path))  # keys added since the run was made take their defaults
+    cfg = OmegaConf.merge(base, load_yaml(path))  # keys added since the run was made take their defaults
     overrides = []
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep:
             raise UserError(f"argument {arg!r} is not of the form key=value")
         if key in GROUPS:  # the group's defaults, then its file
-            cfg[key] = OmegaConf.merge(_load_yaml(root / "defaults.yaml")[key], _group_config(key, value, root))
+            cfg[key] = OmegaConf.merge(load_yaml(root / "defaults.yaml")[key], _group_config(key, value, root))
         else:
             overrides.append((key, value))
     OmegaConf.set_struct(cfg, True)

@@ -157,7 +157,8 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
         composed.append(c)
     cfgs = [c.cfg for c in composed]
     states = [status(cfg) for cfg in cfgs]
-    problems = readiness(cfgs)
+    checks = survey(cfgs)
+    problems = checks.problems
     states = ["blocked" if s == "todo" and problems.get(i) else s for i, s in enumerate(states)]
     counts = {"total": len(runs), "done": states.count("done"), "running": states.count("running"),
               "changed": states.count("changed"), "blocked": states.count("blocked"), "ran": 0, "failed": 0}
@@ -167,7 +168,7 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
         + (f", {counts['changed']} finished under another configuration (kept; --overwrite replaces them)"
            if counts["changed"] else ""))
     if dry_run:
-        for line in _check_lines(cfgs):
+        for line in checks.lines():
             log(line)
         for i, (run, state, c) in enumerate(zip(runs, states, composed)):
             note = recipe_note(c)
@@ -249,41 +250,52 @@ def _weights(cfg) -> str:
     return weights_status(cfg.model.name, cfg.model.pretrained, cfg.model.arch, cfg.model.cache_dir)
 
 
-def readiness(cfgs: list) -> dict[int, str]:
-    """Run index -> why it cannot run here (a missing dataset folder or split file, a missing weight file)."""
-    seen: dict = {}
+@dataclass
+class Survey:
+    """What a sweep's runs need from this machine, checked once per dataset folder and per model.
+
+    Attributes:
+        datasets: dataset name -> ``ready (ROOT)`` or what is missing.
+        models: ``MODEL (TAG)`` -> where its weights come from (`weights_status`).
+        problems: run index -> why that run cannot run here.
+    """
+
+    datasets: dict[str, str]
+    models: dict[str, str]
+    problems: dict[int, str]
+
+    def lines(self) -> list[str]:
+        """Per dataset: present or what is missing; per model: where its weights come from."""
+        meaning = {"random": "random weights, nothing to load", "file": "a local file", "cached": "cached on disk",
+                   "download": "not cached: will be downloaded (needs internet)"}
+        return (["datasets:"] + [f"  {n:16s} {state}" for n, state in self.datasets.items()]
+                + ["models:"] + [f"  {m}: {meaning.get(s, s)}" for m, s in self.models.items()])
+
+
+def survey(cfgs: list) -> Survey:
+    """Check each dataset folder, split file and model of ``cfgs`` once; say which runs cannot run here."""
+    datasets: dict[tuple, str | None] = {}  # (name, root) -> problem
+    models: dict[str, str] = {}
     problems = {}
     for i, cfg in enumerate(cfgs):
         why = []
         for name, section in _datasets_of(cfg).items():
-            key = ("dataset", name, str((section.get("init_args") or {}).get("root")))
-            if key not in seen:
-                seen[key] = _dataset_problem(section)
-            if seen[key]:
-                why.append(seen[key])
-        key = ("model", cfg.model.name, str(cfg.model.pretrained))
-        if key not in seen:
-            seen[key] = _weights(cfg)
-        if str(seen[key]).startswith("missing"):
-            why.append(f"weights {seen[key]}")
+            key = (name, str((section.get("init_args") or {}).get("root")))
+            if key not in datasets:
+                datasets[key] = _dataset_problem(section)
+            if datasets[key]:
+                why.append(datasets[key])
+        label = f"{cfg.model.name} ({cfg.model.pretrained or 'random weights'})"
+        if label not in models:
+            models[label] = _weights(cfg)
+        if models[label].startswith("missing"):
+            why.append(f"weights {models[label]}")
         if why:
             problems[i] = "; ".join(why[:2]) + (f"; and {len(why) - 2} more" if len(why) > 2 else "")
-    return problems
-
-
-def _check_lines(cfgs: list) -> list[str]:
-    """Per dataset: present or what is missing; per model: where its weights come from."""
-    datasets, models = {}, {}
-    for cfg in cfgs:
-        for name, section in _datasets_of(cfg).items():
-            datasets.setdefault(name, _dataset_problem(section) or f"ready ({section.init_args.get('root')})")
-        label = f"{cfg.model.name} ({cfg.model.pretrained or 'random weights'})"
-        models.setdefault(label, _weights(cfg))
-    meaning = {"random": "random weights, nothing to load", "file": "a local file", "cached": "cached on disk",
-               "download": "not cached: will be downloaded (needs internet)"}
-    lines = ["datasets:"] + [f"  {n:16s} {state}" for n, state in datasets.items()]
-    lines += ["models:"] + [f"  {m}: {meaning.get(s, s)}" for m, s in models.items()]
-    return lines
+    shown: dict[str, str] = {}
+    for (name, root), problem in datasets.items():
+        shown.setdefault(name, problem or f"ready ({root})")
+    return Survey(shown, models, problems)
 
 
 def estimate(cfgs: list, states: list[str]) -> str:
