@@ -425,7 +425,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict | None, bool]:
                 warnings.simplefilter("ignore", FutureWarning)
                 state, openai = dict(torch.jit.load(path, map_location="cpu").state_dict()), True
         else:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            try:  # memory-mapped: reading the keys costs nothing when open_clip loads the file itself below
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
             state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
             if not isinstance(state, dict):
                 raise UserError(f"model.pretrained={path!r} holds no state dict (a {type(state).__name__})")

@@ -75,8 +75,8 @@ def _relative(items: list[Item], root: Path) -> list[list]:
 def _check_drawn_from(subset: list[Item], split: list[Item], path: Path, name: str) -> None:
     """A cached subset must come from the dataset's current split (same images, same labels): a cache left
     over from another split file would otherwise train on other images, even test images, silently."""
-    known = {(os.path.realpath(it.path), it.label) for it in split}
-    strays = [it for it in subset if (os.path.realpath(it.path), it.label) not in known]
+    known = {(os.path.abspath(it.path), it.label) for it in split}  # string work only: ImageNet has 1.28M
+    strays = [it for it in subset if (os.path.abspath(it.path), it.label) not in known]
     if strays:
         raise UserError(
             f"few-shot cache {path} does not match the dataset's {name} split: {len(strays)} of its "
