@@ -191,8 +191,8 @@ def _plot(args) -> None:
     from prompt_tuning.sweep import load_experiment
 
     exp_path = Path(args.experiment) if args.experiment else Path(args.dir) / "experiment.yaml"
-    display = load_experiment(exp_path).get("display") if exp_path.is_file() else None
-    for path in plot(args.dir, args.out, args.format, args.dpi, display):
+    exp = load_experiment(exp_path) if exp_path.is_file() else {}
+    for path in plot(args.dir, args.out, args.format, args.dpi, exp.get("display"), exp.get("published")):
         print(f"wrote {path}")
 
 

@@ -59,8 +59,8 @@ def export_head(run_dir: str | Path, out: str | Path, classes_file: str | Path |
     """
     from safetensors.torch import save_file
 
-    from prompt_tuning.config import compose_from_run, instantiate
-    from prompt_tuning.contexts.base import Task
+    from prompt_tuning.config import compose_from_run, import_class, instantiate
+    from prompt_tuning.contexts.base import Context, Task
     from prompt_tuning.data.datasets import classnames_of
     from prompt_tuning.runner import (
         CKPT_DIR,
@@ -86,6 +86,9 @@ def export_head(run_dir: str | Path, out: str | Path, classes_file: str | Path |
         splits = dataset.load()
         names = subset_names(classnames_of(splits["train"] + splits["val"] + splits["test"], dataset.name),
                        cfg.protocol.subsample)
+    if import_class(cfg.method.context.class_path).score is not Context.score:
+        raise UserError(f"method {cfg.method.name} scores image features with its own head (not class text "
+                        "features), so it has nothing to export; evaluate it with `prompt-tuning eval RUN`")
     task = Task(tuple(names), dataset.template)
     clip = build_clip(cfg)
     module = make_module(cfg, clip, task)

@@ -5,7 +5,9 @@ constant: it is computed once and reused across methods, seeds, shots and evalua
 everything that determines its numbers: a digest of the image tower (its module structure, activation included,
 and every weight and buffer, so two random initialisations never share an entry), the device kind, the transform
 (its full ``repr``), the view index (and for augmented views the seed they are drawn with), the stored dtype and,
-per image in order, its path, size and modification time (an edited image is encoded again). An entry is written
+per image in order, its path, size and modification time (an edited image is encoded again). Entries hold the
+encoder's *unnormalised* output: prompt methods normalise it when they score (the same numbers as encoding on the
+fly), heads such as the linear probe and Tip-Adapter's cache keys use it as the authors do. An entry is written
 to a temporary file and renamed (never half-written), and its shape is checked when read (a damaged entry is
 recomputed). Each use logs one line, ``built`` or ``reused``, with the key's short digest.
 
@@ -62,6 +64,7 @@ class FeatureCache:
         seed of an augmented view), the stored dtype and each image's path, size and modification time."""
         ident = json.dumps({
             "dtype": str(self.dtype),
+            "stored": "unnormalised",
             "image_tower": clip.image_tower_digest(),
             "device": clip.device.type,
             "transform": repr(transform),
@@ -91,7 +94,7 @@ class FeatureCache:
 
     def features(self, clip: FrozenCLIP, items: list[Item], transform: Callable, view: int = 0,
                  seed: int = 0) -> torch.Tensor:
-        """Normalised features ``(N, d)`` of ``items`` under ``transform`` (``view`` > 0: augmented view)."""
+        """Unnormalised features ``(N, d)`` of ``items`` under ``transform`` (``view`` > 0: augmented view)."""
         key = self.key(clip, items, transform, view, seed)
         path = self._path(key)
         what = f"{len(items)} images" + (f", view {view}" if view else "")
@@ -123,14 +126,14 @@ def images_digest(items: list[Item]) -> str:
 
 def encode_items(clip: FrozenCLIP, items: list[Item], transform: Callable, batch_size: int = 100, seed: int = 0,
                  desc: str = "image features", progress: bool = True) -> torch.Tensor:
-    """Run the frozen image encoder over ``items`` in order; random transforms draw from a generator seeded with
-    ``seed`` (the caller's random state is left untouched)."""
+    """Unnormalised features ``(N, d)`` of the frozen image encoder over ``items`` in order; random transforms draw
+    from a generator seeded with ``seed`` (the caller's random state is left untouched)."""
     loader = DataLoader(ImageDataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=0)
     out = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
-            out.append(clip.encode_images(batch["image"]).cpu())
+            out.append(clip.encode_images(batch["image"], normalize=False).cpu())
     return torch.cat(out) if out else torch.empty(0, clip.embed_dim)
 
 

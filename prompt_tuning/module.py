@@ -1,8 +1,9 @@
 """PromptTuner: the LightningModule that wires a context, the frozen CLIP and an objective.
 
 ``logits = logit_scale * normalise(image features) @ normalise(class text features).T``, per prompt set;
-predictions average the softmax over sets. Only the context's parameters are optimised (SGD, constant warm-up
-then cosine decay per epoch, as CoOp's Dassl trainer). Class text features are computed once per evaluation
+predictions average the softmax over sets (a head scores features its own way, `Context.score`). Only the
+context's parameters are optimised (SGD, constant warm-up then cosine decay per epoch, as CoOp's Dassl trainer;
+or AdamW with a per-step cosine, as Tip-Adapter-F). Class text features are computed once per evaluation
 for contexts that do not depend on the image.
 """
 
@@ -16,8 +17,8 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 from prompt_tuning.clip import FrozenCLIP
-from prompt_tuning.contexts.base import Context, Task
-from prompt_tuning.objectives import CrossEntropy, Objective, Outputs
+from prompt_tuning.contexts.base import Context, Outputs, Task
+from prompt_tuning.objectives import CrossEntropy, Objective
 
 
 def warmup_cosine(epoch: int, max_epochs: int, warmup_epochs: int, lr: float, warmup_lr: float) -> float:
@@ -41,6 +42,10 @@ class PromptTuner(pl.LightningModule):
         lr, momentum, weight_decay: SGD settings (CoOp: 0.002, 0.9, 5e-4).
         max_epochs: length of the cosine schedule.
         warmup_epochs, warmup_lr: constant warm-up (CoOp: 1 epoch at 1e-5).
+        optimizer: ``sgd`` (CoOp) or ``adamw`` (``eps``, ``weight_decay``; momentum unused).
+        eps: AdamW's epsilon (Tip-Adapter-F: 1e-4).
+        interval: ``epoch``: the learning rate changes once per epoch (Dassl); ``step``: the warm-up and the
+            cosine count optimisation steps (``torch.optim.lr_scheduler.CosineAnnealingLR`` over all steps).
         eval_chunk: most prompts per text pass when evaluating a conditional context (bounds memory).
     """
 
@@ -58,6 +63,9 @@ class PromptTuner(pl.LightningModule):
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
         eval_chunk: int = 4096,
+        optimizer: str = "sgd",
+        eps: float = 1e-8,
+        interval: str = "epoch",
     ):
         super().__init__()
         self.clip = clip
@@ -65,7 +73,12 @@ class PromptTuner(pl.LightningModule):
         self.objective = objective if objective is not None else CrossEntropy()
         self.gradient_rule = gradient_rule
         self.automatic_optimization = gradient_rule is None
-        self.optim = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer={optimizer!r}: choose sgd or adamw")
+        if interval not in ("epoch", "step"):
+            raise ValueError(f"interval={interval!r}: choose epoch or step")
+        self.optimizer_name, self.interval = optimizer, interval
+        self.optim = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps)
         self.schedule = dict(max_epochs=max_epochs, warmup_epochs=warmup_epochs, lr=lr, warmup_lr=warmup_lr)
         self.eval_chunk = eval_chunk
         self._eval_text: torch.Tensor | None = None
@@ -89,28 +102,26 @@ class PromptTuner(pl.LightningModule):
 
     @property
     def trainable(self) -> bool:
+        """The method has parameters to optimise (gradient training runs)."""
         return bool(self.trainable_parameters())
+
+    @property
+    def learns(self) -> bool:
+        """The method learns from the training set at all (by gradients or by `Context.fit`); false for
+        zero-shot, whose numbers do not depend on the shots."""
+        return self.trainable or self.context.fits
 
     # ---------------------------------------------------------------------------------------------- forward
     def image_features(self, batch: dict) -> torch.Tensor:
-        """Normalised image features ``(B, d)`` of a batch (precomputed ``features`` or raw ``image``)."""
+        """Unnormalised image features ``(B, d)`` of a batch (precomputed ``features`` or raw ``image``)."""
         if "features" in batch:
             return batch["features"]
-        return self.clip.encode_images(batch["image"])
+        return self.clip.encode_images(batch["image"], normalize=False)
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> Outputs:
-        """Score images against the class prompts; pass ``text_features`` ``(S, C, d)`` to reuse them."""
-        aux = None
-        if text_features is None:
-            text_features, aux = self.context.text_features(self.clip, image_features)
-        img = image_features.to(text_features.dtype)
-        if self.context.conditional:  # set m * B + b belongs to image b
-            b = img.shape[0]
-            txt = text_features.view(-1, b, *text_features.shape[1:])  # (M, B, C, d)
-            logits = torch.einsum("bd,mbcd->mbc", img, txt)
-        else:
-            logits = torch.einsum("bd,scd->sbc", img, text_features)
-        return Outputs(self.clip.logit_scale * logits, img, text_features, aux)
+        """Score images (unnormalised features ``(B, d)``) with the context; pass ``text_features``
+        ``(S, C, d)`` to reuse class features."""
+        return self.context.score(self.clip, image_features, text_features)
 
     @staticmethod
     def predict_proba(logits: torch.Tensor) -> torch.Tensor:
@@ -143,14 +154,27 @@ class PromptTuner(pl.LightningModule):
             self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=n)
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if not self.automatic_optimization and self.interval == "step":  # manual optimisation steps its schedule
+            self.lr_schedulers().step()
+
     def on_train_epoch_end(self) -> None:
-        if not self.automatic_optimization:  # manual optimisation steps its own schedule
+        if not self.automatic_optimization and self.interval == "epoch":
             self.lr_schedulers().step()
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.trainable_parameters(), **self.optim)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: warmup_cosine(e, **self.schedule))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        o, params = self.optim, self.trainable_parameters()
+        if self.optimizer_name == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=o["lr"], eps=o["eps"], weight_decay=o["weight_decay"])
+        else:
+            optimizer = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+        schedule = dict(self.schedule)
+        if self.interval == "step":  # the same schedule counted in optimisation steps
+            steps = max(1, int(self.trainer.estimated_stepping_batches))
+            per_epoch = max(1, steps // schedule["max_epochs"])
+            schedule.update(max_epochs=steps, warmup_epochs=schedule["warmup_epochs"] * per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: warmup_cosine(e, **schedule))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.interval}}
 
     # ----------------------------------------------------------------------------------------- evaluation
     def _start_eval(self) -> None:

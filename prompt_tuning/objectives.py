@@ -9,29 +9,16 @@ Logits carry a leading set axis ``(M, B, C)`` (prompt sets or Monte-Carlo sample
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prompt_tuning.contexts.base import Task
+from prompt_tuning.contexts.base import Outputs, Task
 
 if TYPE_CHECKING:
     from prompt_tuning.clip import FrozenCLIP
-
-
-@dataclass
-class Outputs:
-    """What a forward pass gives objectives: logits ``(M, B, C)``, normalised image features ``(B, d)``,
-    normalised class text features (``(S, C, d)``; ``(M * B, C, d)`` for conditional contexts) and the
-    context's auxiliary loss (or None)."""
-
-    logits: torch.Tensor
-    image_features: torch.Tensor
-    text_features: torch.Tensor
-    aux_loss: torch.Tensor | None = None
 
 
 def set_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ FORMATS = ("png", "pdf", "svg")
 DISPLAY = {  # the papers' spelling; an experiment's `display:` map overrides it
     "zeroshot": "Zero-shot CLIP", "coop": "CoOp", "coop_csc": "CoOp (CSC)", "cocoop": "CoCoOp",
     "kgcoop": "KgCoOp", "prograd": "ProGrad", "bayesian": "BPL", "bayesian_conditional": "BPL (conditional)",
-    "eco": "ECO",
+    "eco": "ECO", "linear_probe": "Linear probe CLIP", "clip_adapter": "CLIP-Adapter", "tip_adapter": "Tip-Adapter",
+    "tip_adapter_f": "Tip-Adapter-F",
 }
 
 
@@ -46,9 +47,19 @@ def _seeds(table: dict) -> str:
     return f"{counts[0]} seed{'s' * (counts[0] > 1)}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds"
 
 
-def curves_figure(table: dict, display: dict | None = None):
+def _published_points(published: dict | None, method: str, dataset: str) -> dict | float | None:
+    """The published ``acc`` of a method on a dataset: ``{shots: value}`` (few-shot tables) or one number."""
+    values = ((published or {}).get("values") or {}).get(method.split("[")[0]) or {}
+    acc = (values.get(dataset) or {}).get("acc")
+    if isinstance(acc, dict):
+        return {int(k): float(v) for k, v in acc.items()}
+    return float(acc) if isinstance(acc, int | float) else None
+
+
+def curves_figure(table: dict, display: dict | None = None, published: dict | None = None):
     """One panel per dataset (and the average): accuracy against shots, a line per method with a band of one
-    standard deviation over seeds; methods without shots (zero-shot CLIP) are a dashed horizontal line."""
+    standard deviation over seeds; methods without shots (zero-shot CLIP) are a dashed horizontal line; the
+    experiment's published numbers, where it has them, are crosses on a dotted line in the method's colour."""
     methods = sorted({m for m, _ in table})
     datasets = sorted({d for rows in table.values() for d in rows if d != AVERAGE})
     panels = datasets + ([AVERAGE] if len(datasets) > 1 else [])
@@ -72,6 +83,14 @@ def curves_figure(table: dict, display: dict | None = None):
             ax.plot(shots, mean, marker="o", markersize=4, color=color, label=name)
             ax.fill_between(shots, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=color, alpha=0.2, linewidth=0)
+        for k, method in enumerate(methods):
+            pub = _published_points(published, method, dataset)
+            color, label = f"C{k % 10}", f"{display_name(method, display)} (published)"
+            if isinstance(pub, dict) and pub:
+                xs = sorted(s for s in pub if s in ticks) or sorted(pub)
+                ax.plot(xs, [pub[s] for s in xs], linestyle=":", marker="x", markersize=5, color=color, label=label)
+            elif isinstance(pub, float):
+                ax.axhline(pub, color=color, linestyle=":", linewidth=1, label=label)
         if ticks:
             ax.set_xscale("log", base=2)
             ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -83,15 +102,20 @@ def curves_figure(table: dict, display: dict | None = None):
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     _legend_below(fig, axes.flat[0])
+    shown = published and any(_published_points(published, m, d) is not None for m in methods for d in panels)
     _caption(fig, f"Lines: mean over {_seeds(table)}; bands: ±1 std over seeds; dashed: methods without "
-             "training shots (zero-shot CLIP).")
+             "training shots (zero-shot CLIP)" + ("; dotted, crosses: published numbers, in the method's colour"
+                                                  if shown else "") + ".")
     return fig
 
 
 def _caption(fig, text: str) -> None:
     """A caption line (wrapped to the figure's width) under the axes."""
     width = max(40, int(fig.get_figwidth() * 15))
-    fig.text(0.5, 0.005, textwrap.fill(text, width), ha="center", va="bottom", fontsize=8)
+    wrapped = textwrap.fill(text, width)
+    fig.text(0.5, 0.005, wrapped, ha="center", va="bottom", fontsize=8)
+    bottom = (wrapped.count("\n") + 1) * 11 / (fig.get_figheight() * 72) + 0.02  # 8 pt lines, 11 pt apart
+    fig.tight_layout(rect=(0, bottom, 1, 0.90))  # the axes (and their x label) end above the caption
 
 
 def _legend_below(fig, ax) -> None:
@@ -140,8 +164,9 @@ def _save(fig, path: Path, dpi: int) -> Path:
     return path
 
 
-def fewshot_curves(table: dict, path: Path, display: dict | None = None, dpi: int = 150) -> Path:
-    return _save(curves_figure(table, display), path, dpi)
+def fewshot_curves(table: dict, path: Path, display: dict | None = None, dpi: int = 150,
+                   published: dict | None = None) -> Path:
+    return _save(curves_figure(table, display, published), path, dpi)
 
 
 def base_novel_bars(table: dict, path: Path, display: dict | None = None, dpi: int = 150) -> Path:
@@ -149,8 +174,9 @@ def base_novel_bars(table: dict, path: Path, display: dict | None = None, dpi: i
 
 
 def plot(root: str | os.PathLike, out_dir: str | os.PathLike | None = None, fmt: str = "png", dpi: int = 150,
-         display: dict | None = None) -> list[Path]:
-    """Write the figures that the results under ``root`` support; returns their paths."""
+         display: dict | None = None, published: dict | None = None) -> list[Path]:
+    """Write the figures that the results under ``root`` support (with the experiment's ``published`` numbers
+    where given); returns their paths."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if dpi < 10:
@@ -164,7 +190,7 @@ def plot(root: str | os.PathLike, out_dir: str | os.PathLike | None = None, fmt:
     b2n = [r for r in results if "base_acc" in r["metrics"]]
     few = [r for r in results if "acc" in r["metrics"]]
     if few:
-        paths.append(fewshot_curves(aggregate(few), out / f"fewshot_curves.{fmt}", display, dpi))
+        paths.append(fewshot_curves(aggregate(few), out / f"fewshot_curves.{fmt}", display, dpi, published))
     if b2n:
         paths.append(base_novel_bars(aggregate(b2n), out / f"base_novel.{fmt}", display, dpi))
     return paths

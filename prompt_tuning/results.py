@@ -127,10 +127,16 @@ def _summary(metrics: dict[str, list[float]]) -> dict[str, tuple[float, float, i
     return row
 
 
-def _published(published: dict | None, method: str, dataset: str, metric: str) -> float | None:
+def _published(published: dict | None, method: str, dataset: str, metric: str,
+               shots: int | None = None) -> float | None:
+    """A published number: ``values[method][dataset][metric]``, either one number or a mapping from shots to
+    numbers (few-shot tables: ``acc: {1: 61.3, 2: 62.7, ...}``)."""
     values = (published or {}).get("values", {})
     try:
-        return float(values[method.split("[")[0]][dataset][metric])
+        value = values[method.split("[")[0]][dataset][metric]
+        if isinstance(value, dict):
+            value = value[shots]
+        return float(value)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -179,7 +185,7 @@ def format_table(table: dict, fmt: str = "md", published: dict | None = None, se
             cells = [method, "-" if shots is None else str(shots), dataset]
             for m in metrics:
                 value = row.get(m)
-                pub = _published(published, method, dataset, m) if published else None
+                pub = _published(published, method, dataset, m, shots) if published else None
                 diff = f"{value[0] - pub:+.2f}" if value is not None and pub is not None else ""
                 if fmt == "csv":
                     cells += ([f"{value[0]:.4f}", f"{value[1]:.4f}" if value[2] > 1 else "", str(value[2])]

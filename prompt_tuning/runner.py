@@ -17,14 +17,14 @@ from torch.utils.data import Dataset
 
 from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.config import NOT_HASHED, annotated_yaml, dataset_section, flatten, instantiate, run_hash
-from prompt_tuning.contexts.base import Context, Task
+from prompt_tuning.contexts.base import Context, FrozenFeatures, Task
 from prompt_tuning.data.datamodule import ImageDataset, PromptDataModule
 from prompt_tuning.data.datasets import Item, classnames_of
 from prompt_tuning.data.fewshot_cache import cached_few_shot
 from prompt_tuning.data.protocols import subsample_classes
 from prompt_tuning.data.transforms import eval_transform, train_transform
 from prompt_tuning.errors import UserError
-from prompt_tuning.features import FeatureCache, FeatureDataset
+from prompt_tuning.features import FeatureCache, FeatureDataset, encode_items
 from prompt_tuning.files import write_atomic, write_json
 from prompt_tuning.locks import RunLock
 from prompt_tuning.module import PromptTuner
@@ -46,6 +46,7 @@ class Setup:
     eval_sets: dict[str, tuple[Task, list]]  # subset name -> (task, test items)
     eval_dataset: Callable[[list[Item]], Dataset]  # items -> dataset of images or cached features
     seed: int = 0
+    fit_data: FrozenFeatures | None = None  # frozen training/validation features for methods that fit on them
 
 
 def quiet_lightning() -> None:
@@ -81,15 +82,25 @@ def build(cfg: DictConfig) -> Setup:
         eval_sets[f"{other}/"] = (Task(classnames_of(test, other), other_ds.template), test)
 
     module = make_module(cfg, clip, train_task)
-    eval_dataset, train_set = _datasets(cfg, clip, module.context, train)
+    if module.context.class_bound:
+        other = [name.rstrip("/") for name, (task, _) in eval_sets.items() if task.classnames != train_task.classnames]
+        if other:
+            raise UserError(f"method {cfg.method.name} learns a classifier over its training classes and cannot be "
+                            f"tested on other classes ({', '.join(other)}): use protocol=fewshot")
+    eval_dataset, train_set, features_of = _datasets(cfg, clip, module.context, train)
+    fit_data = None
+    if module.context.fits and train:
+        fit_data = _fit_data(cfg, clip, module.context, features_of, train,
+                             splits["val"] if module.context.fit_val == "full" else val)
     datamodule = PromptDataModule(
         train_set, eval_dataset(val) if cfg.trainer.check_val_every_n_epoch else None, None,
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.runtime.num_workers,
         seed=cfg.seed,
+        drop_last=cfg.data.drop_last,
     )
-    return Setup(clip, module, datamodule, train_task, eval_sets, eval_dataset, cfg.seed)
+    return Setup(clip, module, datamodule, train_task, eval_sets, eval_dataset, cfg.seed, fit_data)
 
 
 def build_clip(cfg: DictConfig) -> FrozenCLIP:
@@ -108,28 +119,60 @@ def make_module(cfg: DictConfig, clip: FrozenCLIP, task: Task) -> PromptTuner:
 
 
 def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[Item]):
-    """How images reach the module: raw images, or frozen features from the cache when the method allows it."""
+    """How images reach the module: raw images, or frozen features from the cache when the method allows it.
+
+    Returns the evaluation dataset factory, the training dataset and ``features_of(items, transform, view)``,
+    the frozen (unnormalised) features of images: from the cache when it is on, else encoded now with the
+    cache's seeds, so both give the same numbers.
+    """
     pre = clip.preprocess
     eval_tf = eval_transform(pre)
     train_tf = train_transform(pre, tuple(cfg.data.crop_scale)) if cfg.data.augment else eval_tf
-    if not (cfg.runtime.feature_cache and context.frozen_image_tower):
-        return (lambda items: ImageDataset(items, eval_tf)), (ImageDataset(train, train_tf) if train else None)
-    cache = FeatureCache(Path(cfg.runtime.cache_dir) / "features", cfg.data.feature_dtype,
-                         cfg.data.eval_batch_size, bool(cfg.runtime.progress))
+    cache = None
+    if cfg.runtime.feature_cache:
+        cache = FeatureCache(Path(cfg.runtime.cache_dir) / "features", cfg.data.feature_dtype,
+                             cfg.data.eval_batch_size, bool(cfg.runtime.progress))
+
+    def features_of(items: list[Item], view: int = 0) -> torch.Tensor:
+        tf = train_tf if view else eval_tf
+        if cache is not None:
+            return cache.features(clip, items, tf, view=view, seed=cfg.seed)
+        return encode_items(clip, items, tf, cfg.data.eval_batch_size, seed=cfg.seed * 1009 + view,
+                            progress=bool(cfg.runtime.progress))
+
+    if cache is None or not context.frozen_image_tower:
+        return ((lambda items: ImageDataset(items, eval_tf)), (ImageDataset(train, train_tf) if train else None),
+                features_of)
 
     def eval_dataset(items: list[Item]) -> Dataset:
-        return FeatureDataset(cache.features(clip, items, eval_tf), [it.label for it in items])
+        return FeatureDataset(features_of(items), [it.label for it in items])
 
     if not train:
-        return eval_dataset, None
+        return eval_dataset, None, features_of
     labels = [it.label for it in train]
     if not cfg.data.augment:  # the training images are fixed: their features are too
-        return eval_dataset, eval_dataset(train)
+        return eval_dataset, eval_dataset(train), features_of
     if cfg.data.cache_views > 0:
-        views = torch.stack([cache.features(clip, train, train_tf, view=v + 1, seed=cfg.seed)
-                             for v in range(cfg.data.cache_views)])
-        return eval_dataset, FeatureDataset(views, labels)
-    return eval_dataset, ImageDataset(train, train_tf)  # exact: a fresh augmentation every step
+        views = torch.stack([features_of(train, v + 1) for v in range(cfg.data.cache_views)])
+        return eval_dataset, FeatureDataset(views, labels), features_of
+    return eval_dataset, ImageDataset(train, train_tf), features_of  # exact: a fresh augmentation every step
+
+
+def _fit_data(cfg: DictConfig, clip: FrozenCLIP, context: Context, features_of: Callable, train: list[Item],
+              val: list[Item]) -> FrozenFeatures:
+    """The frozen features a fitting method (`Context.fits`) learns from: ``context.fit_views`` augmented views
+    of the training images (or their evaluation view) and the validation images it asked for."""
+    views = context.fit_views if cfg.data.augment else 0
+    train_views = [features_of(train, v + 1) for v in range(views)] if views else [features_of(train)]
+    if not val:
+        raise UserError(f"method {cfg.method.name} chooses its settings on validation images, and dataset "
+                        f"{cfg.dataset.name} has none in its val split")
+    return FrozenFeatures(
+        train=torch.stack(train_views),
+        train_labels=torch.as_tensor([it.label for it in train]),
+        val=features_of(val),
+        val_labels=torch.as_tensor([it.label for it in val]),
+    )
 
 
 def subset_names(names: list[str], subsample: str) -> list[str]:
@@ -150,7 +193,8 @@ def _optim(cfg: DictConfig) -> dict:
         max_epochs = epochs[cfg.protocol.shots]
     o = cfg.optim
     return dict(lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, max_epochs=int(max_epochs),
-                warmup_epochs=o.warmup_epochs, warmup_lr=o.warmup_lr)
+                warmup_epochs=o.warmup_epochs, warmup_lr=o.warmup_lr, optimizer=o.optimizer, eps=o.eps,
+                interval=o.interval)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -213,6 +257,20 @@ def make_trainer(cfg: DictConfig, run_dir: Path | None, max_epochs: int) -> pl.T
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
     )
+
+
+def fit(setup: Setup) -> None:
+    """`Context.fit` of a method that learns from frozen features (before any gradient training)."""
+    if setup.fit_data is not None:
+        with torch.no_grad():
+            setup.module.context.fit(setup.clip, setup.fit_data)
+
+
+def select(setup: Setup) -> None:
+    """`Context.select` of a method that learns from frozen features (after gradient training)."""
+    if setup.fit_data is not None:
+        with torch.no_grad():
+            setup.module.context.select(setup.clip, setup.fit_data)
 
 
 def evaluate(setup: Setup, trainer: pl.Trainer) -> dict[str, float]:
@@ -284,7 +342,7 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
     check_loggers(cfg)  # a logger that cannot be made is an error before anything is written
     setup = build(cfg)
     max_epochs = setup.module.schedule["max_epochs"]
-    if setup.module.trainable and setup.datamodule.train_set is None:
+    if setup.module.learns and setup.datamodule.train_set is None:
         raise UserError(
             f"dataset {cfg.dataset.name} has no training images (a test-only dataset?): train on another "
             f"dataset and test here with `prompt-tuning eval RUN dataset={cfg.dataset.name}`"
@@ -307,6 +365,7 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
     trainer = make_trainer(cfg, run_dir, max_epochs)
     for logger in trainer.loggers:
         logger.log_hyperparams(hyperparameters(cfg, config_hash))
+    fit(setup)
     if setup.module.trainable:
         try:
             trainer.fit(setup.module, datamodule=setup.datamodule, ckpt_path=str(last) if resuming else None,
@@ -315,6 +374,7 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
             if isinstance(e, SystemExit) and not trainer.interrupted:
                 raise
             raise Interrupted(trainer.current_epoch + 1, max_epochs) from None
+    select(setup)
     metrics = evaluate(setup, trainer)
     close_loggers(trainer.loggers)
     result = {
@@ -326,7 +386,7 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
         "model": f"{cfg.model.name}/{setup.clip.weights}",
         "config_hash": config_hash,
         "tags": OmegaConf.to_container(cfg.tags),
-        "trainable": setup.module.trainable,  # false: zero-shot, the shots do not apply
+        "trainable": setup.module.learns,  # false: zero-shot, the shots do not apply
         "epochs": max_epochs if setup.module.trainable else 0,
         "metrics": metrics,
         "wall_time_s": round(time.time() - start, 2),
@@ -370,7 +430,9 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: str | Path) -> dict[str, fl
     """Rebuild the run of ``cfg``, load ``checkpoint``'s learned parameters and test them."""
     quiet_lightning()
     setup = build(cfg)
+    fit(setup)  # deterministic: a fitted head is fitted again, then its trained tensors are loaded
     if setup.module.trainable:
         load_context_state(setup.module, checkpoint)
+    select(setup)
     trainer = make_trainer(cfg, None, 1)
     return evaluate(setup, trainer)

@@ -232,4 +232,6 @@ def test_every_method_trains_and_evaluates_from_the_cli(shapes_dir, tmp_path, me
     assert main(args) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["method"] == method and 0 <= result["metrics"]["acc"] <= 100
-    assert result["epochs"] == (0 if method == "zeroshot" else 1)
+    no_gradient_steps = {"zeroshot", "linear_probe", "tip_adapter"}  # nothing to train, or fitted in closed form
+    assert result["epochs"] == (0 if method in no_gradient_steps else 1)
+    assert result["trainable"] == (method != "zeroshot")  # every other method learns from the shots

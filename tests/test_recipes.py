@@ -41,6 +41,14 @@ BPL_B2N = {  # saic-fi/Bayesian-Prompt-Learning VPT.md: (Monte-Carlo samples L, 
     "ucf101": (5, 20), "imagenet": (10, 10),
 }
 TRANSFER = ("cross_dataset", "domain_generalization")
+TIP = {  # gaopengcuhk/Tip-Adapter configs/<dataset>.yaml: (search_scale [beta, alpha], init_alpha, train_epoch)
+    "caltech101": ([12, 5], 3, 20), "dtd": ([13, 13], 2, 20), "eurosat": ([12, 10], 2, 100),
+    "fgvc_aircraft": ([30, 30], 5, 20), "food101": ([10, 10], 1.17, 20), "imagenet": ([7, 3], 1.17, 20),
+    "oxford_flowers": ([50, 50], 10, 20), "oxford_pets": ([7, 3], 1.17, 20), "stanford_cars": ([20, 10], 3, 20),
+    "sun397": ([12, 10], 1.17, 20), "ucf101": ([7, 3], 3, 20),
+}
+TIP_IMAGENET_TEMPLATES = ["itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+                          "a {} in a video game.", "art of the {}.", "a photo of the small {}."]
 
 
 def authors(method: str, protocol: str, dataset: str, shots: int) -> dict:
@@ -75,6 +83,22 @@ def authors(method: str, protocol: str, dataset: str, shots: int) -> dict:
             else (10, 40)
         return {ctx + "n_samples": samples, "epochs": epochs, "data.batch_size": 1, "optim.lr": 0.002,
                 ctx + "kl_weight": 0.001}
+    if method in ("tip_adapter", "tip_adapter_f"):
+        scale, alpha, epochs = TIP[dataset]
+        out = {ctx + "search_scale": scale, ctx + "search_steps": [200, 20], ctx + "alpha": alpha,
+               ctx + "beta": 1.0, ctx + "augment_views": 10, ctx + "val": "full", "data.crop_scale": [0.5, 1.0],
+               ctx + "templates": TIP_IMAGENET_TEMPLATES if dataset == "imagenet" else None,
+               "protocol.shots": shots}
+        if method == "tip_adapter_f":
+            out.update({ctx + "fine_tune": True, "epochs": epochs, "optim.lr": 0.001, "optim.optimizer": "adamw",
+                        "optim.eps": 1e-4, "optim.interval": "step", "optim.warmup_epochs": 0,
+                        "data.batch_size": 256, "data.drop_last": False})
+        return out
+    if method == "clip_adapter":  # clip_adapter.py (Adapter(1024, 4), ratio 0.2) in CoOp's trainer
+        return {ctx + "reduction": 4, ctx + "ratio": 0.2, "optim.lr": 0.002, "data.batch_size": 32,
+                "epochs": 50 if dataset == "imagenet" else COOP_FEWSHOT_EPOCHS[shots], "protocol.shots": shots}
+    if method == "linear_probe":  # lpclip/linear_probe.py: num_step 8, max_iter 1000; raw features
+        return {ctx + "steps": 8, ctx + "max_iter": 1000, ctx + "normalize": False, "protocol.shots": shots}
     assert method == "zeroshot", method
     return {"protocol.shots": shots}
 

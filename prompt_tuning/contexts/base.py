@@ -8,12 +8,17 @@ set per image for a conditional context. `FrozenCLIP.encode_prompts` then gives 
 Everything a context builds from class names (token prefixes, suffixes, positions) is a *non-persistent* buffer:
 checkpoints hold only learned vectors, and `set_task` rebinds a trained context to another class set (e.g. the
 novel classes of a base-to-novel split).
+
+A *head* (linear probe, CLIP-Adapter, Tip-Adapter) is a context that scores frozen image features its own way:
+it overrides `score`, and, if it learns from the training set without (or before) gradient steps, sets
+``fits = True`` and implements `fit` (and `select`, called after gradient training). See
+`prompt_tuning.heads.base.Head`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +58,36 @@ class Prompts:
     aux_loss: torch.Tensor | None = None
 
 
+@dataclass
+class Outputs:
+    """What a forward pass gives objectives: logits ``(M, B, C)``, normalised image features ``(B, d)``,
+    normalised class text features (``(S, C, d)``; ``(M * B, C, d)`` for conditional contexts) and the
+    context's auxiliary loss (or None)."""
+
+    logits: torch.Tensor
+    image_features: torch.Tensor
+    text_features: torch.Tensor
+    aux_loss: torch.Tensor | None = None
+
+
+@dataclass
+class FrozenFeatures:
+    """Frozen, *unnormalised* image features of a run's training and validation images, for methods that fit
+    on them (`Context.fit`).
+
+    Attributes:
+        train: ``(V, N, d)``: V views of the N training images (augmented views, or V = 1 evaluation view).
+        train_labels: ``(N,)``.
+        val: ``(M, d)`` validation images under the evaluation transform.
+        val_labels: ``(M,)``.
+    """
+
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    val: torch.Tensor
+    val_labels: torch.Tensor
+
+
 class Context(nn.Module):
     """Base class of prompt methods.
 
@@ -66,11 +101,23 @@ class Context(nn.Module):
         stochastic: `forward` draws random samples, so evaluation must not reuse class features across batches.
         frozen_image_tower: the method leaves the image encoder untouched, so image features may be cached
             (a method with visual prompts sets this to False and always sees images).
+        fits: the method learns from the frozen features of the training set outside gradient steps (`fit`,
+            `select`); the run then hands it a `FrozenFeatures` (from the feature cache when enabled).
+        fit_views: with ``fits``, how many augmented views of each training image `fit` receives (0: one view
+            under the evaluation transform).
+        fit_val: with ``fits``, the validation images `fit` receives: the protocol's few-shot ``val`` draw
+            (``min(K, 4)`` per class), or the dataset's ``full`` validation split.
+        class_bound: what the method learns belongs to the training classes (a classifier over them, a cache of
+            their labels), so it cannot be tested on another class set; such runs are refused before training.
     """
 
     conditional: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
     frozen_image_tower: ClassVar[bool] = True
+    fits: ClassVar[bool] = False
+    fit_views: int = 0
+    fit_val: Literal["fewshot", "full"] = "fewshot"
+    class_bound: ClassVar[bool] = False
 
     @property
     def sets_per_image(self) -> int:
@@ -85,6 +132,13 @@ class Context(nn.Module):
         """Prompt embeddings ``(S, C, L, D)``; ``image_features`` ``(B, d)`` for conditional contexts."""
         raise NotImplementedError
 
+    def fit(self, clip: FrozenCLIP, data: FrozenFeatures) -> None:
+        """Learn from the frozen training features before any gradient step (``fits`` methods only)."""
+
+    def select(self, clip: FrozenCLIP, data: FrozenFeatures) -> None:
+        """Called once after gradient training (or right after `fit` when nothing is trained): e.g. choose
+        hyper-parameters on the validation features (``fits`` methods only)."""
+
     def reduce(self, features: torch.Tensor) -> torch.Tensor:
         """Combine the normalised text features of the sets ``(S, C, d)``; identity unless overridden (an
         ensemble averages its members here, so it scores like a single prompt)."""
@@ -98,6 +152,28 @@ class Context(nn.Module):
         s, c, length, dim = prompts.embeddings.shape
         features = clip.encode_prompts(prompts.embeddings.reshape(s * c, length, dim), prompts.eot_index.repeat(s))
         return self.reduce(F.normalize(features, dim=-1).view(s, c, -1)), prompts.aux_loss
+
+    def score(self, clip: FrozenCLIP, image_features: torch.Tensor,
+              text_features: torch.Tensor | None = None) -> Outputs:
+        """Logits of images against the class prompts: ``logit_scale * normalise(img) @ normalise(txt).T`` per
+        prompt set.
+
+        Args:
+            image_features: ``(B, d)`` unnormalised image features.
+            text_features: ``(S, C, d)`` class features from `text_features` to reuse (evaluation), or None.
+        """
+        img = F.normalize(image_features, dim=-1)
+        aux = None
+        if text_features is None:
+            text_features, aux = self.text_features(clip, img)
+        img = img.to(text_features.dtype)
+        if self.conditional:  # set m * B + b belongs to image b
+            b = img.shape[0]
+            txt = text_features.view(-1, b, *text_features.shape[1:])  # (M, B, C, d)
+            logits = torch.einsum("bd,mbcd->mbc", img, txt)
+        else:
+            logits = torch.einsum("bd,scd->sbc", img, text_features)
+        return Outputs(clip.logit_scale * logits, img, text_features, aux)
 
 
 def embed_prompts(clip: FrozenCLIP, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

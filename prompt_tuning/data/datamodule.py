@@ -56,8 +56,9 @@ class PromptDataModule(pl.LightningDataModule):
 
     Args:
         train, val, test: the datasets of each stage (``test`` is the set currently evaluated).
-        batch_size: training batch (CoOp: 32); the last partial batch is dropped when the set holds at
-            least one full batch, as in Dassl.
+        batch_size: training batch (CoOp: 32).
+        drop_last: drop the last partial training batch when the set holds at least one full batch (Dassl);
+            false keeps it (Tip-Adapter-F).
         eval_batch_size: evaluation batch.
         num_workers: loader processes.
         seed: seeds the shuffling generator, so the order of training batches is reproducible.
@@ -72,12 +73,14 @@ class PromptDataModule(pl.LightningDataModule):
         eval_batch_size: int = 100,
         num_workers: int = 0,
         seed: int = 0,
+        drop_last: bool = True,
     ):
         super().__init__()
         self.train_set, self.val_set, self.test_set = train, val, test
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.drop_last = drop_last
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None or len(dataset) == 0:
@@ -86,7 +89,7 @@ class PromptDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=EpochShuffle(len(dataset), self.seed) if train else None,
-            drop_last=train and len(dataset) >= self.batch_size,
+            drop_last=train and self.drop_last and len(dataset) >= self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
