@@ -29,7 +29,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from open_clip.transformer import ResidualAttentionBlock
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
 from prompt_tuning.errors import UserError, close_matches
@@ -265,7 +265,8 @@ class FrozenCLIP(nn.Module):
         """Frozen token embeddings ``(n, context_length, width)``."""
         return self._text.owner.token_embedding(tokens.to(self.device))
 
-    def encode_prompts(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+    def encode_prompts(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
+                       deep: Sequence[torch.Tensor] | None = None, deep_start: int = 1) -> torch.Tensor:
         """Text features of prompt embeddings, with the transformer run on the first ``max(eot)+1`` positions.
 
         Every projection and MLP runs on those positions only. The attention keeps the full key axis (the keys
@@ -276,6 +277,11 @@ class FrozenCLIP(nn.Module):
         Args:
             embeddings: ``(n, L, width)`` token embeddings with learned vectors in place, ``L <= context_length``.
             eot_index: ``(n,)`` position of each prompt's end-of-text token.
+            deep: deep prompts (IVLP, MaPLe, PromptSRC, deep language prompting): ``deep[j]`` ``(m, width)`` (or
+                ``(n, m, width)``) replaces positions ``deep_start .. deep_start + m - 1`` at the input of block
+                ``j + 1``, raw (no positional embedding), as the authors do; blocks after the last one carry the
+                previous block's outputs at those positions. None or ``[]``: no deep prompts.
+            deep_start: the first position the deep prompts replace (1: right after the start token).
 
         Returns:
             ``(n, embed_dim)`` unnormalised text features.
@@ -286,9 +292,19 @@ class FrozenCLIP(nn.Module):
         length = min(n_pos, max(int(eot_index.max()) + 1, -(-MIN_ROWS // embeddings.shape[0])))
         cast = t.transformer.get_cast_dtype()
         x = embeddings[:, :length].to(cast) + t.positional_embedding[:length].to(cast)
+        deep = list(deep or [])
+        if len(deep) >= len(t.transformer.resblocks):
+            raise UserError(f"{len(deep)} deep text prompt layers for a text transformer of "
+                            f"{len(t.transformer.resblocks)} blocks: the prompt depth is at most the block count")
+        if deep and not self._text.blocks_known:
+            raise UserError("deep text prompts need open_clip's standard text blocks; this model's are not")
+        if deep and deep_start + max(p.shape[-2] for p in deep) > min(int(eot_index.min()), length):
+            raise UserError("deep text prompts would overwrite a prompt's end-of-text token")
         if self._text.blocks_known:
             mask = t.attn_mask[:length]  # (length, n_pos): row i sees keys 0..i
-            for block in t.transformer.resblocks:
+            for i, block in enumerate(t.transformer.resblocks):
+                if 1 <= i <= len(deep):
+                    x = _splice(x, deep[i - 1].to(cast), deep_start)
                 x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask, n_pos))
                 x = x + block.ls_2(block.mlp(block.ln_2(x)))
         else:  # unknown block type: pad back to the full length (still exact, not faster)
@@ -307,11 +323,81 @@ class FrozenCLIP(nn.Module):
         features = self.encode_prompts(self.token_embeddings(tokens), self.eot_index(tokens))
         return F.normalize(features, dim=-1) if normalize else features
 
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Image features ``(b, embed_dim)`` of preprocessed images ``(b, 3, H, W)``."""
-        features = self.model.encode_image(images.to(self.device))
+    def encode_images(self, images: torch.Tensor, normalize: bool = True,
+                      prompts: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Image features ``(b, embed_dim)`` of preprocessed images ``(b, 3, H, W)``.
+
+        Without ``prompts`` this is open_clip's ``encode_image`` under ``no_grad``. With visual prompts (VPT,
+        IVLP, MaPLe, PromptSRC) the ViT runs step by step, as the authors place them: ``prompts[0]`` ``(m, width)``
+        is appended after the patch tokens once the positional embedding is added (so it gets none) and before
+        ``ln_pre``; ``prompts[j]`` replaces the last ``m`` tokens at the input of block ``j``, raw; the class
+        token is pooled, so prompts are never removed. Gradients flow to the prompts through the frozen tower.
+        ``prompts=[]`` (or zero-length prompts) gives ``encode_image``'s numbers exactly.
+        """
+        images = images.to(self.device)
+        if prompts is None:
+            with torch.no_grad():
+                features = self.model.encode_image(images)
+        else:
+            features = self._prompted_image_pass(images, list(prompts))
         return F.normalize(features, dim=-1) if normalize else features
+
+    def _prompted_image_pass(self, images: torch.Tensor, prompts: list[torch.Tensor]) -> torch.Tensor:
+        v = _prompted_vit(self.model)
+        if len(prompts) > len(v.transformer.resblocks):
+            raise UserError(f"{len(prompts)} visual prompt layers for an image transformer of "
+                            f"{len(v.transformer.resblocks)} blocks: the prompt depth is at most the block count")
+        x = v.conv1(images.to(v.conv1.weight.dtype))  # (b, width, grid, grid)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # (b, grid ** 2, width)
+        x = torch.cat([v.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        x = v.patch_dropout(x + v.positional_embedding.to(x.dtype))
+        n = prompts[0].shape[-2] if prompts else 0
+        if prompts:
+            x = torch.cat([x, prompts[0].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+        x = v.ln_pre(x)
+        if not v.transformer.batch_first:
+            x = x.transpose(0, 1)
+        for i, block in enumerate(v.transformer.resblocks):
+            if 1 <= i < len(prompts):
+                p = prompts[i]
+                if p.shape[-2] != n:
+                    raise UserError(f"visual prompts of layer {i} have {p.shape[-2]} tokens, layer 0 has {n}")
+                if v.transformer.batch_first:
+                    x = torch.cat([x[:, : x.shape[1] - n], p.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+                else:
+                    x = torch.cat([x[: x.shape[0] - n], p.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)])
+            x = block(x)
+        if not v.transformer.batch_first:
+            x = x.transpose(0, 1)
+        pooled, _ = v._pool(x)
+        return pooled @ v.proj if v.proj is not None else pooled
+
+    @property
+    def vision_width(self) -> int:
+        """Width of the image transformer's tokens (the visual prompts' dimension)."""
+        return _prompted_vit(self.model).class_embedding.shape[-1]
+
+
+def _splice(x: torch.Tensor, prompt: torch.Tensor, start: int) -> torch.Tensor:
+    """``x`` ``(n, L, d)`` with positions ``start .. start + m - 1`` replaced by ``prompt`` ``(m, d)`` or
+    ``(n, m, d)`` (the same prompt for every sequence, or one per sequence)."""
+    m = prompt.shape[-2]
+    prompt = prompt.expand(x.shape[0], -1, -1) if prompt.dim() == 2 else prompt
+    return torch.cat([x[:, :start], prompt, x[:, start + m:]], dim=1)
+
+
+def _prompted_vit(model: nn.Module) -> nn.Module:
+    """The model's open_clip VisionTransformer, if visual prompts can be placed in it (class-token pooling, no
+    attention pooling); a clear error otherwise (ResNet towers, timm towers, average pooling)."""
+    v = getattr(model, "visual", None)
+    kind = type(v).__name__
+    if not isinstance(v, VisionTransformer):
+        raise UserError(f"visual prompts need a ViT image tower; this model's is {kind} (a ResNet or timm tower "
+                        "cannot take prompt tokens): choose a ViT model, e.g. model=vit_b16")
+    if v.attn_pool is not None or v.pool_type != "tok" or v.final_ln_after_pool:
+        raise UserError(f"visual prompts need class-token pooling; this ViT pools with pool_type={v.pool_type!r}"
+                        f"{' and attention pooling' if v.attn_pool is not None else ''}")
+    return v
 
 
 def _attention(mha: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Tensor, n_keys: int) -> torch.Tensor:

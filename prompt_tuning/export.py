@@ -96,6 +96,9 @@ def export_head(run_dir: str | Path, out: str | Path, classes_file: str | Path |
         load_context_state(module, checkpoint or run_dir / CKPT_DIR / LAST_CKPT)
     module.eval()
     context = module.context
+    if not context.frozen_image_tower:
+        raise UserError(f"method {cfg.method.name} prompts the image tower too, so class text features alone would "
+                        "classify with the wrong image features; evaluate it with `prompt-tuning eval RUN`")
     portable = not (context.conditional or context.stochastic)
     meta = {
         "format": FORMAT,

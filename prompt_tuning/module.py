@@ -116,7 +116,7 @@ class PromptTuner(pl.LightningModule):
         """Unnormalised image features ``(B, d)`` of a batch (precomputed ``features`` or raw ``image``)."""
         if "features" in batch:
             return batch["features"]
-        return self.clip.encode_images(batch["image"], normalize=False)
+        return self.clip.encode_images(batch["image"], normalize=False, prompts=self.context.visual_prompts())
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> Outputs:
         """Score images (unnormalised features ``(B, d)``) with the context; pass ``text_features``

@@ -24,6 +24,20 @@ TINY_ARCH = ASSETS / "tiny_clip.json"
 REPO = Path(__file__).resolve().parents[1]
 
 
+# the tiny CLIP has 2 blocks per tower: deep-prompt methods get a prompt depth that fits it
+TINY_METHOD_ARGS = {
+    "ivlp": ["method.context.init_args.depth_text=2", "method.context.init_args.depth_vision=2"],
+    "deep_language": ["method.context.init_args.depth_text=2"],
+    "vpt_deep": ["method.context.init_args.depth_vision=2"],
+    "maple": ["method.context.init_args.depth=2"],
+}
+
+
+def tiny_method_args(method: str) -> list[str]:
+    """Overrides a method needs to run on the tiny CLIP (its prompt depth at most the 2 blocks)."""
+    return TINY_METHOD_ARGS.get(method, [])
+
+
 def build_tiny(seed: int = 0) -> FrozenCLIP:
     torch.manual_seed(seed)
     return FrozenCLIP.build("tiny", None, arch=json.loads(TINY_ARCH.read_text()))

@@ -8,7 +8,7 @@ import torch
 from prompt_tuning.config import compose, group_options, run_hash
 from prompt_tuning.errors import UserError
 from prompt_tuning.runner import build
-from tests.conftest import REPO, TINY_ARCH
+from tests.conftest import REPO, TINY_ARCH, tiny_method_args
 
 METHODS = sorted(p.stem for p in (REPO / "configs" / "method").glob("*.yaml"))
 
@@ -82,7 +82,8 @@ def test_group_options_lists_configs():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_config_builds_on_tiny_clip_and_runs_one_step(shapes_dir, method):
-    cfg = compose(_base(shapes_dir, f"method={method}", "protocol.shots=2", "data.batch_size=8"))
+    cfg = compose(_base(shapes_dir, f"method={method}", "protocol.shots=2", "data.batch_size=8",
+                        *tiny_method_args(method)))
     setup = build(cfg)
     batch = next(iter(setup.datamodule.train_dataloader()))
     module = setup.module

@@ -16,7 +16,7 @@ from prompt_tuning.contexts.ensemble import ECO
 from prompt_tuning.gradients import ProGrad, project
 from prompt_tuning.module import PromptTuner
 from prompt_tuning.objectives import KnowledgeGuided, MonteCarloLikelihood, ZeroShotDistillation
-from tests.conftest import TINY_ARCH, build_tiny
+from tests.conftest import TINY_ARCH, build_tiny, tiny_method_args
 from tests.test_config import METHODS
 from tests.test_module import _loader
 
@@ -228,7 +228,7 @@ def test_every_method_trains_and_evaluates_from_the_cli(shapes_dir, tmp_path, me
     out = tmp_path / method
     args = ["train", f"model={TINY_ARCH}", f"dataset={shapes_dir}", f"method={method}", "protocol=fewshot",
             "protocol.shots=2", "optim.max_epochs=1", "data.batch_size=6", "runtime.progress=false",
-            f"output_dir={out}"]
+            f"output_dir={out}", *tiny_method_args(method)]
     assert main(args) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["method"] == method and 0 <= result["metrics"]["acc"] <= 100

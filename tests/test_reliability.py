@@ -13,7 +13,7 @@ import pytest
 from prompt_tuning.cli import main
 from prompt_tuning.errors import UserError
 from prompt_tuning.locks import RunLock
-from tests.conftest import REPO, TINY_ARCH
+from tests.conftest import REPO, TINY_ARCH, tiny_method_args
 
 
 def _args(shapes_dir, out, *extra):
@@ -43,10 +43,10 @@ KILL_SCRIPT = textwrap.dedent('''
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["coop", "bayesian"])
+@pytest.mark.parametrize("method", ["coop", "bayesian", "maple", "tip_adapter_f"])
 def test_killed_run_resumes_to_the_numbers_of_an_uninterrupted_run(shapes_dir, tmp_path, method):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    extra = [f"method={method}"]
+    extra = [f"method={method}", *tiny_method_args(method)]
     assert main(["train", *_args(shapes_dir, whole, *extra)]) == 0
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -50,12 +50,16 @@ class Task:
 
 @dataclass
 class Prompts:
-    """Prompt embeddings ``(S, C, L, D)``, the end-of-text position of each class's prompt ``(C,)``, and an
-    optional extra loss the context adds to training (e.g. a variational prompt's weighted KL term)."""
+    """Prompt embeddings ``(S, C, L, D)``, the end-of-text position of each class's prompt ``(C,)``, an
+    optional extra loss the context adds to training (e.g. a variational prompt's weighted KL term), and optional
+    deep prompts: ``deep[j]`` ``(m, D)`` replaces positions ``deep_start ..`` at the input of text block ``j + 1``
+    (see `FrozenCLIP.encode_prompts`)."""
 
     embeddings: torch.Tensor
     eot_index: torch.Tensor
     aux_loss: torch.Tensor | None = None
+    deep: list[torch.Tensor] | None = None
+    deep_start: int = 1
 
 
 @dataclass
@@ -132,6 +136,12 @@ class Context(nn.Module):
         """Prompt embeddings ``(S, C, L, D)``; ``image_features`` ``(B, d)`` for conditional contexts."""
         raise NotImplementedError
 
+    def visual_prompts(self) -> list[torch.Tensor] | None:
+        """Visual prompt tokens per layer for the image tower (`FrozenCLIP.encode_images`): ``[0]`` ``(m, width)``
+        is appended to the patch tokens, ``[j]`` replaces them at the input of block ``j``. None (the default):
+        the image tower runs as is. A context that returns prompts has ``frozen_image_tower`` false."""
+        return None
+
     def fit(self, clip: FrozenCLIP, data: FrozenFeatures) -> None:
         """Learn from the frozen training features before any gradient step (``fits`` methods only)."""
 
@@ -150,7 +160,8 @@ class Context(nn.Module):
         """Normalised class text features ``(S, C, d)`` (after `reduce`) and the context's auxiliary loss."""
         prompts = self(image_features)
         s, c, length, dim = prompts.embeddings.shape
-        features = clip.encode_prompts(prompts.embeddings.reshape(s * c, length, dim), prompts.eot_index.repeat(s))
+        features = clip.encode_prompts(prompts.embeddings.reshape(s * c, length, dim), prompts.eot_index.repeat(s),
+                                       prompts.deep, prompts.deep_start)
         return self.reduce(F.normalize(features, dim=-1).view(s, c, -1)), prompts.aux_loss
 
     def score(self, clip: FrozenCLIP, image_features: torch.Tensor,
