@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from prompt_tuning.clip import FrozenCLIP
@@ -46,6 +47,8 @@ class PromptTuner(pl.LightningModule):
         eps: AdamW's epsilon (Tip-Adapter-F: 1e-4).
         interval: ``epoch``: the learning rate changes once per epoch (Dassl); ``step``: the warm-up and the
             cosine count optimisation steps (``torch.optim.lr_scheduler.CosineAnnealingLR`` over all steps).
+        averaging: averages the context's learned tensors over epochs (PromptSRC's GPA,
+            `prompt_tuning.averaging.GaussianPromptAveraging`); its state is checkpointed.
         eval_chunk: most prompts per text pass when evaluating a conditional context (bounds memory).
     """
 
@@ -66,6 +69,7 @@ class PromptTuner(pl.LightningModule):
         optimizer: str = "sgd",
         eps: float = 1e-8,
         interval: str = "epoch",
+        averaging: nn.Module | None = None,
     ):
         super().__init__()
         self.clip = clip
@@ -83,6 +87,9 @@ class PromptTuner(pl.LightningModule):
         self.eval_chunk = eval_chunk
         self._eval_text: torch.Tensor | None = None
         self._fixed_text: torch.Tensor | None = None  # class features of a context with nothing to learn
+        self.averaging = averaging
+        if averaging is not None:
+            averaging.attach(context)
         self.set_task(task)
 
     # ------------------------------------------------------------------------------------------ class sets
@@ -136,9 +143,29 @@ class PromptTuner(pl.LightningModule):
         return terms
 
     # ------------------------------------------------------------------------------------------- training
+    def frozen_image_features(self, batch: dict, image_features: torch.Tensor) -> torch.Tensor:
+        """Normalised features of the batch through the unprompted image tower: the batch's own features when the
+        context leaves the tower alone, the feature cache's (``frozen``) when the dataset carries them, else a
+        second, unprompted pass (no gradient)."""
+        if self.context.visual_prompts() is None:
+            frozen = image_features
+        elif "frozen" in batch:
+            frozen = batch["frozen"]
+        else:
+            frozen = self.clip.encode_images(batch["image"], normalize=False)
+        return torch.nn.functional.normalize(frozen.detach().float(), dim=-1)
+
+    def training_outputs(self, batch: dict) -> Outputs:
+        """The forward pass of a training batch, with what the objective asks for beside the logits."""
+        image_features = self.image_features(batch)
+        outputs = self(image_features)
+        if self.objective.needs_frozen_image_features:
+            outputs.frozen_image_features = self.frozen_image_features(batch, image_features)
+        return outputs
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         labels = batch["label"]
-        outputs = self(self.image_features(batch))
+        outputs = self.training_outputs(batch)
         terms = self.loss_terms(outputs, labels)
         loss = sum(terms.values())
         if self.gradient_rule is not None:
@@ -161,6 +188,8 @@ class PromptTuner(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         if not self.automatic_optimization and self.interval == "epoch":
             self.lr_schedulers().step()
+        if self.averaging is not None:  # before the epoch's checkpoint is written
+            self.averaging.epoch_end(self.context, self.current_epoch, self.schedule["max_epochs"])
 
     def configure_optimizers(self):
         o, params = self.optim, self.trainable_parameters()

@@ -9,7 +9,7 @@ Logits carry a leading set axis ``(M, B, C)`` (prompt sets or Monte-Carlo sample
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,15 @@ def set_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 class Objective(nn.Module):
-    """Base class: ``forward(outputs, labels) -> {name: loss term}``; `set_task` rebuilds frozen targets."""
+    """Base class: ``forward(outputs, labels) -> {name: loss term}``; `set_task` rebuilds frozen targets.
+
+    Attributes:
+        needs_frozen_image_features: training outputs carry ``frozen_image_features`` (the unprompted image
+            tower's features of the same images: the prompted ones for methods that leave the tower alone, the
+            feature cache's or a second pass otherwise).
+    """
+
+    needs_frozen_image_features: ClassVar[bool] = False
 
     def set_task(self, clip: FrozenCLIP, task: Task) -> None:
         """Rebuild what depends on the class set (nothing by default)."""
@@ -137,3 +145,63 @@ class MonteCarloLikelihood(Objective):
         m = outputs.logits.shape[0]
         log_p = outputs.logits.log_softmax(-1).gather(-1, labels.view(1, -1, 1).expand(m, -1, 1)).squeeze(-1)
         return {"nll": -(torch.logsumexp(log_p, dim=0) - math.log(m)).mean()}
+
+
+class SelfRegulating(Objective):
+    """PromptSRC's self-regulating objective (Khattak et al., "Self-regulating Prompts: Foundational Model
+    Adaptation without Forgetting", ICCV 2023, arXiv:2307.06948; muzairkhattak/PromptSRC trainers/promptsrc.py):
+
+    ``CE + text_weight * mean|t - t0| + image_weight * mean|f - f0| + KL(p0 || p) / (B * C)``
+
+    with ``t``/``f`` the prompted normalised class text / image features, ``t0`` the frozen class features
+    (the mean of the *unnormalised* frozen text features over ``templates``, then normalised), ``f0`` the frozen
+    image tower's normalised features of the same images, ``p0 = softmax(logit_scale * f0 @ t0.T)`` (no
+    gradient) and ``p`` the prompted prediction; the KL is summed and divided by the number of logits, as the
+    authors' ``F.kl_div(..., reduction="sum", log_target=True) / logits.numel()``.
+
+    Args:
+        text_weight, image_weight: 25 and 10 in every released config.
+        templates: the frozen text targets' templates: a list, or the name of a tuple in
+            `prompt_tuning.templates` (the authors: ``CLIP_IMAGENET_60``).
+    """
+
+    needs_frozen_image_features = True
+
+    def __init__(self, clip: FrozenCLIP, task: Task, text_weight: float = 25.0, image_weight: float = 10.0,
+                 templates: str | list[str] = "CLIP_IMAGENET_60"):
+        super().__init__()
+        if isinstance(templates, str):
+            from prompt_tuning import templates as named
+
+            if not hasattr(named, templates):
+                raise ValueError(f"templates={templates!r}: not a list of prompts nor a name in "
+                                 "prompt_tuning.templates")
+            templates = list(getattr(named, templates))
+        if not templates or any("{}" not in t for t in templates):
+            raise ValueError("templates: each template needs a {} where the class name goes")
+        self.templates = list(templates)
+        self.text_weight, self.image_weight = text_weight, image_weight
+        self.logit_scale = float(clip.logit_scale)
+        self.set_task(clip, task)
+
+    def set_task(self, clip: FrozenCLIP, task: Task) -> None:
+        names = [name.replace("_", " ") for name in task.classnames]
+        per_template = torch.stack([clip.encode_text([t.replace("{}", n) for n in names], normalize=False)
+                                    for t in self.templates], dim=1)  # (C, T, d), unnormalised
+        self.register_buffer("frozen_text", F.normalize(per_template.mean(dim=1), dim=-1), persistent=False)
+
+    def forward(self, outputs: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = outputs.logits[0]  # (B, C)
+        t0 = self.frozen_text.to(logits.dtype)
+        terms = {"ce": F.cross_entropy(logits, labels),
+                 "text_l1": self.text_weight * F.l1_loss(outputs.text_features[0], t0)}
+        f0 = outputs.frozen_image_features
+        if f0 is None:
+            raise ValueError("SelfRegulating needs the frozen image features of the batch (training only)")
+        terms["image_l1"] = self.image_weight * F.l1_loss(outputs.image_features, f0.to(logits.dtype))
+        with torch.no_grad():
+            zs_logits = self.logit_scale * f0.to(logits.dtype) @ t0.T
+        kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zs_logits, dim=1), reduction="sum",
+                      log_target=True)
+        terms["logit_kl"] = kl / logits.numel()
+        return terms

@@ -115,7 +115,8 @@ def make_module(cfg: DictConfig, clip: FrozenCLIP, task: Task) -> PromptTuner:
     context: Context = instantiate(cfg.method.context, clip=clip, task=task)
     objective = instantiate(cfg.method.objective, clip=clip, task=task)
     rule = instantiate(cfg.method.gradient_rule) if cfg.method.gradient_rule else None
-    return PromptTuner(clip, context, task, objective, rule, **_optim(cfg))
+    averaging = instantiate(cfg.method.averaging) if cfg.method.averaging else None
+    return PromptTuner(clip, context, task, objective, rule, averaging=averaging, **_optim(cfg))
 
 
 def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[Item]):

@@ -30,6 +30,7 @@ TINY_METHOD_ARGS = {
     "deep_language": ["method.context.init_args.depth_text=2"],
     "vpt_deep": ["method.context.init_args.depth_vision=2"],
     "maple": ["method.context.init_args.depth=2"],
+    "promptsrc": ["method.context.init_args.depth_text=2", "method.context.init_args.depth_vision=2"],
 }
 
 

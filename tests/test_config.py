@@ -87,7 +87,7 @@ def test_every_method_config_builds_on_tiny_clip_and_runs_one_step(shapes_dir, m
     setup = build(cfg)
     batch = next(iter(setup.datamodule.train_dataloader()))
     module = setup.module
-    outputs = module(module.image_features(batch))
+    outputs = module.training_outputs(batch)
     assert outputs.logits.shape[1:] == (8, 9)
     if module.trainable:
         loss = sum(module.loss_terms(outputs, batch["label"]).values())

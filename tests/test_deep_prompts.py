@@ -221,3 +221,93 @@ def test_export_refuses_a_method_that_prompts_the_image_tower(shapes_dir, tmp_pa
     capsys.readouterr()
     assert main(["export", str(out), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "prompts the image tower" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ PromptSRC
+def test_self_regulating_objective_is_the_authors_loss(clip4):
+    from prompt_tuning.contexts.base import Outputs
+    from prompt_tuning.objectives import SelfRegulating
+
+    templates = ["a photo of a {}.", "a sketch of the {}.", "itap of a {}."]
+    obj = SelfRegulating(clip4, TASK, templates=templates)
+    names = [n.replace("_", " ") for n in TASK.classnames]
+    fixed = torch.stack([clip4.encode_text([t.replace("{}", n) for t in templates], normalize=False).mean(0)
+                         for n in names])  # mean of the unnormalised features over templates
+    fixed_n = fixed / fixed.norm(dim=-1, keepdim=True)
+    assert torch.allclose(obj.frozen_text, fixed_n, atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    t = F.normalize(torch.randn(1, 4, 32, generator=g), dim=-1)
+    f, f0 = (F.normalize(torch.randn(5, 32, generator=g), dim=-1) for _ in range(2))
+    logits = 20 * torch.randn(1, 5, 4, generator=g)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    terms = obj(Outputs(logits, f, t, None, f0), labels)
+    zs = clip4.logit_scale * f0 @ fixed_n.T
+    p0, logp = zs.softmax(1), logits[0].log_softmax(1)
+    expected = (F.cross_entropy(logits[0], labels) + 25 * (t[0] - fixed_n).abs().mean() + 10 * (f - f0).abs().mean()
+                + (p0 * (p0.log() - logp)).sum() / 20)
+    assert torch.allclose(sum(terms.values()), expected, atol=1e-5)
+
+
+def test_gaussian_weights_are_the_authors():
+    from prompt_tuning.averaging import gaussian_weights
+
+    w = gaussian_weights(20, 15, 1)
+    assert sum(w) == pytest.approx(1.0)
+    assert [round(x, 4) for x in w[11:18]] == [0.0044, 0.054, 0.242, 0.3989, 0.242, 0.054, 0.0044]
+    wide = gaussian_weights(20, 6, 10)
+    assert wide[0] == pytest.approx(0.055, abs=1e-3) and wide[-1] == pytest.approx(0.024, abs=1e-3)
+
+
+def test_gpa_checkpoint_holds_the_weighted_average_of_the_epochs(shapes_dir, tmp_path):
+    import pytorch_lightning as pl
+
+    from prompt_tuning.averaging import gaussian_weights
+    from prompt_tuning.config import compose
+    from prompt_tuning.runner import CKPT_DIR, LAST_CKPT, build, load_checkpoint, make_trainer
+
+    epochs = []
+
+    class Record(pl.Callback):  # runs before the module's epoch-end hook, which aggregates
+        def on_train_epoch_end(self, trainer, module):
+            epochs.append({n: p.detach().clone() for n, p in module.context.named_parameters()})
+
+    cfg = compose([f"model={TINY_ARCH}", f"dataset={shapes_dir}", "method=promptsrc", "protocol.shots=2",
+                   "optim.max_epochs=4", "optim.lr=0.05", "method.averaging.init_args.mean=3",
+                   "method.averaging.init_args.std=1.5", "runtime.progress=false", f"output_dir={tmp_path}",
+                   *tiny_method_args("ivlp")])
+    setup = build(cfg)
+    trainer = make_trainer(cfg, tmp_path, 4)
+    trainer.callbacks.insert(0, Record())
+    trainer.fit(setup.module, datamodule=setup.datamodule)
+    w = gaussian_weights(4, 3, 1.5)
+    saved = load_checkpoint(tmp_path / CKPT_DIR / LAST_CKPT)["state_dict"]
+    for name, p in setup.module.context.named_parameters():
+        average = sum(wi * e[name] for wi, e in zip(w, epochs))
+        assert torch.allclose(p, average, atol=1e-6), name
+        assert torch.equal(saved[f"context.{name}"], p.detach())
+        assert not torch.allclose(epochs[-1][name], average, atol=1e-6)  # the average is not the last epoch
+
+
+def test_promptsrc_frozen_image_features_are_the_unprompted_towers(clip4):
+    from prompt_tuning.objectives import SelfRegulating
+
+    ctx = IVLP(clip4, TASK, n_ctx_text=2, n_ctx_vision=2, depth_text=2, depth_vision=2)
+    module = PromptTuner(clip4, ctx, TASK, SelfRegulating(clip4, TASK, templates=["a photo of a {}."]))
+    images = _images(4)
+    prompted = module.image_features({"image": images})
+    frozen = module.frozen_image_features({"image": images}, prompted)
+    assert torch.equal(frozen, F.normalize(clip4.model.encode_image(images), dim=-1))
+    assert not torch.allclose(frozen, F.normalize(prompted, dim=-1))
+
+
+def test_promptsrc_trains_and_its_checkpoint_evaluates_to_the_same_numbers(shapes_dir, tmp_path, capsys):
+    out = tmp_path / "psrc"
+    assert main(["train", f"model={TINY_ARCH}", f"dataset={shapes_dir}", "method=promptsrc", "protocol.shots=2",
+                 "optim.max_epochs=3", "method.averaging.init_args.mean=2", "runtime.progress=false",
+                 f"output_dir={out}", *tiny_method_args("ivlp")]) == 0
+    result = json.loads((out / "result.json").read_text())
+    logged = (out / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert all(k in logged for k in ("train/ce", "train/text_l1", "train/image_l1", "train/logit_kl"))
+    capsys.readouterr()
+    assert main(["eval", str(out), "runtime.progress=false"]) == 0
+    assert json.loads(capsys.readouterr().out)["acc"] == result["metrics"]["acc"]

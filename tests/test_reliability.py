@@ -43,7 +43,7 @@ KILL_SCRIPT = textwrap.dedent('''
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["coop", "bayesian", "maple", "tip_adapter_f"])
+@pytest.mark.parametrize("method", ["coop", "bayesian", "maple", "promptsrc", "tip_adapter_f"])
 def test_killed_run_resumes_to_the_numbers_of_an_uninterrupted_run(shapes_dir, tmp_path, method):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     extra = [f"method={method}", *tiny_method_args(method)]

@@ -65,13 +65,15 @@ class Prompts:
 @dataclass
 class Outputs:
     """What a forward pass gives objectives: logits ``(M, B, C)``, normalised image features ``(B, d)``,
-    normalised class text features (``(S, C, d)``; ``(M * B, C, d)`` for conditional contexts) and the
-    context's auxiliary loss (or None)."""
+    normalised class text features (``(S, C, d)``; ``(M * B, C, d)`` for conditional contexts), the
+    context's auxiliary loss (or None) and, in training, for an objective with ``needs_frozen_image_features``,
+    the normalised features of the same images through the *unprompted* image tower ``(B, d)``."""
 
     logits: torch.Tensor
     image_features: torch.Tensor
     text_features: torch.Tensor
     aux_loss: torch.Tensor | None = None
+    frozen_image_features: torch.Tensor | None = None  # normalised, unprompted tower (objectives that ask)
 
 
 @dataclass
