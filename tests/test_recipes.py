@@ -97,6 +97,26 @@ def authors(method: str, protocol: str, dataset: str, shots: int) -> dict:
     if method == "clip_adapter":  # clip_adapter.py (Adapter(1024, 4), ratio 0.2) in CoOp's trainer
         return {ctx + "reduction": 4, ctx + "ratio": 0.2, "optim.lr": 0.002, "data.batch_size": 32,
                 "epochs": 50 if dataset == "imagenet" else COOP_FEWSHOT_EPOCHS[shots], "protocol.shots": shots}
+    if method == "maple":  # multimodal-prompt-learning configs/trainers/MaPLe/*.yaml
+        if protocol in TRANSFER:
+            return {ctx + "n_ctx": 2, ctx + "depth": 3, "optim.lr": 0.0026, "epochs": 2, "data.batch_size": 4}
+        return {ctx + "n_ctx": 2, ctx + "depth": 9, "optim.lr": 0.0035, "epochs": 5, "data.batch_size": 4,
+                ctx + "ctx_init": "a photo of a"}
+    if method == "ivlp":  # multimodal-prompt-learning configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml
+        return {ctx + "n_ctx_text": 2, ctx + "n_ctx_vision": 2, ctx + "depth_text": 12, ctx + "depth_vision": 12,
+                "optim.lr": 0.0035, "epochs": 5, "data.batch_size": 4, ctx + "ctx_init": "a photo of a"}
+    if method == "promptsrc":  # PromptSRC configs/trainers/PromptSRC/*.yaml
+        gpa, avg = (6.0, 10.0), "method.averaging.init_args."
+        depth = 3 if protocol in TRANSFER else 9
+        if protocol == "fewshot":
+            gpa = (45.0, 5.0) if dataset in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd",
+                                            "eurosat") else (30.0, 30.0)
+        elif protocol not in TRANSFER:
+            gpa = (15.0, 1.0)
+        return {ctx + "n_ctx_text": 4, ctx + "n_ctx_vision": 4, ctx + "depth_text": depth, ctx + "depth_vision": depth,
+                obj + "text_weight": 25.0, obj + "image_weight": 10.0, avg + "mean": gpa[0], avg + "std": gpa[1],
+                "optim.lr": 0.0025, "epochs": 50 if protocol == "fewshot" else 20, "data.batch_size": 4,
+                "protocol.shots": shots}
     if method == "linear_probe":  # lpclip/linear_probe.py: num_step 8, max_iter 1000; raw features
         return {ctx + "steps": 8, ctx + "max_iter": 1000, ctx + "normalize": False, "protocol.shots": shots}
     assert method == "zeroshot", method
@@ -112,13 +132,15 @@ def _check(cfg, expected):
 
 
 PAPER_EXPERIMENTS = [pytest.param("base2novel", marks=pytest.mark.slow),
-                     pytest.param("coop_fewshot", marks=pytest.mark.slow), "cross_dataset", "domain_generalization"]
+                     pytest.param("coop_fewshot", marks=pytest.mark.slow),
+                     pytest.param("promptsrc_fewshot", marks=pytest.mark.slow),
+                     "cross_dataset", "domain_generalization"]
 
 
 @pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
 def test_every_run_of_every_paper_experiment_composes_to_the_authors_values(name):
     exp = load_experiment(REPO / "experiments" / f"{name}.yaml")
-    assert exp["published"]["source"] and (exp["published"]["values"] or name == "coop_fewshot")
+    assert exp["published"]["source"] and (exp["published"]["values"] or name.endswith("fewshot"))
     runs = expand(exp)
     for run in runs:
         cfg = compose(run.args)
