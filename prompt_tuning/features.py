@@ -11,10 +11,11 @@ fly), heads such as the linear probe and Tip-Adapter's cache keys use it as the 
 to a temporary file and renamed (never half-written), and its shape is checked when read (a damaged entry is
 recomputed). Each use logs one line, ``built`` or ``reused``, with the key's short digest.
 
-Training with augmentation can use ``cache_views: N`` pre-computed augmented views per image (view ``v`` is
-drawn with a seed derived from ``(seed, v)``, so it is reproducible); each training step then picks one view per
-image. ``cache_views: 0`` keeps the reference behaviour: a fresh augmentation, through the image encoder, at
-every step.
+Training with augmentation can use ``cache_views: N`` pre-computed augmented views per image (image ``i`` of view
+``v`` is drawn with a seed derived from ``(seed, v, i)``, so it is reproducible image by image); each training step
+then picks one view per image. Methods that prompt the image tower train on the same views regenerated as images,
+and read the *frozen* features of those views (for their objective) from the cache. ``cache_views: 0`` keeps the
+reference behaviour: a fresh augmentation, through the image encoder, at every step.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from prompt_tuning.clip import FrozenCLIP
-from prompt_tuning.data.datamodule import ImageDataset
+from prompt_tuning.data.datamodule import ViewDataset
 from prompt_tuning.data.datasets import Item
 from prompt_tuning.errors import UserError
 from prompt_tuning.files import atomic_path
@@ -70,6 +71,7 @@ class FeatureCache:
             "transform": repr(transform),
             "view": view,
             "seed": seed if view else None,  # view 0 is the deterministic evaluation transform
+            "view_seeding": "per-image" if view else None,  # data.datamodule.view_seed
             "images": images_digest(items),
         }, sort_keys=True)
         return hashlib.sha256(ident.encode()).hexdigest()[:24]
@@ -104,12 +106,17 @@ class FeatureCache:
             log.info("feature cache: reused %s (%s)", key[:8], what)
             return cached.float()
         self.misses += 1
-        features = encode_items(clip, items, transform, self.batch_size, seed=seed * 1009 + view,
+        features = encode_items(clip, items, transform, self.batch_size, seed=view_seed_of(seed, view),
                                 desc=f"image features (view {view})" if view else "image features",
                                 progress=self.progress)
         self._write(path, features.to(self.dtype))
         log.info("feature cache: built %s (%s) in %s", key[:8], what, self.root)
         return features.to(self.dtype).float()
+
+
+def view_seed_of(seed: int, view: int) -> int:
+    """The seed view ``view`` of a run seeded ``seed`` is drawn with (images then derive theirs from it)."""
+    return seed * 1009 + view
 
 
 def images_digest(items: list[Item]) -> str:
@@ -126,12 +133,12 @@ def images_digest(items: list[Item]) -> str:
 
 def encode_items(clip: FrozenCLIP, items: list[Item], transform: Callable, batch_size: int = 100, seed: int = 0,
                  desc: str = "image features", progress: bool = True) -> torch.Tensor:
-    """Unnormalised features ``(N, d)`` of the frozen image encoder over ``items`` in order; random transforms draw
-    from a generator seeded with ``seed`` (the caller's random state is left untouched)."""
-    loader = DataLoader(ImageDataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=0)
+    """Unnormalised features ``(N, d)`` of the frozen image encoder over ``items`` in order; a random transform of
+    image ``i`` draws from torch's generator seeded with ``view_seed(seed, i)`` (`ViewDataset`), so a view can be
+    regenerated image by image (the caller's random state is left untouched)."""
+    loader = DataLoader(ViewDataset(items, transform, [seed]), batch_size=batch_size, shuffle=False, num_workers=0)
     out = []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
         for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
             out.append(clip.encode_images(batch["image"], normalize=False).cpu())
     return torch.cat(out) if out else torch.empty(0, clip.embed_dim)

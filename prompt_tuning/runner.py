@@ -18,13 +18,13 @@ from torch.utils.data import Dataset
 from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.config import NOT_HASHED, annotated_yaml, dataset_section, flatten, instantiate, run_hash
 from prompt_tuning.contexts.base import Context, FrozenFeatures, Task
-from prompt_tuning.data.datamodule import ImageDataset, PromptDataModule
+from prompt_tuning.data.datamodule import ImageDataset, PromptDataModule, ViewDataset
 from prompt_tuning.data.datasets import Item, classnames_of
 from prompt_tuning.data.fewshot_cache import cached_few_shot
 from prompt_tuning.data.protocols import subsample_classes
 from prompt_tuning.data.transforms import eval_transform, train_transform
 from prompt_tuning.errors import UserError
-from prompt_tuning.features import FeatureCache, FeatureDataset, encode_items
+from prompt_tuning.features import FeatureCache, FeatureDataset, encode_items, view_seed_of
 from prompt_tuning.files import write_atomic, write_json
 from prompt_tuning.locks import RunLock
 from prompt_tuning.module import PromptTuner
@@ -87,7 +87,8 @@ def build(cfg: DictConfig) -> Setup:
         if other:
             raise UserError(f"method {cfg.method.name} learns a classifier over its training classes and cannot be "
                             f"tested on other classes ({', '.join(other)}): use protocol=fewshot")
-    eval_dataset, train_set, features_of = _datasets(cfg, clip, module.context, train)
+    eval_dataset, train_set, features_of = _datasets(cfg, clip, module.context, train,
+                                                     module.objective.needs_frozen_image_features)
     fit_data = None
     if module.context.fits and train:
         fit_data = _fit_data(cfg, clip, module.context, features_of, train,
@@ -119,12 +120,13 @@ def make_module(cfg: DictConfig, clip: FrozenCLIP, task: Task) -> PromptTuner:
     return PromptTuner(clip, context, task, objective, rule, averaging=averaging, **_optim(cfg))
 
 
-def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[Item]):
+def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[Item], needs_frozen: bool = False):
     """How images reach the module: raw images, or frozen features from the cache when the method allows it.
 
-    Returns the evaluation dataset factory, the training dataset and ``features_of(items, transform, view)``,
-    the frozen (unnormalised) features of images: from the cache when it is on, else encoded now with the
-    cache's seeds, so both give the same numbers.
+    Returns the evaluation dataset factory, the training dataset and ``features_of(items, view)``, the frozen
+    (unnormalised) features of images: from the cache when it is on, else encoded now with the cache's seeds,
+    so both give the same numbers. ``needs_frozen``: the objective reads the frozen features of the training
+    images beside the images themselves (PromptSRC).
     """
     pre = clip.preprocess
     eval_tf = eval_transform(pre)
@@ -138,12 +140,12 @@ def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[I
         tf = train_tf if view else eval_tf
         if cache is not None:
             return cache.features(clip, items, tf, view=view, seed=cfg.seed)
-        return encode_items(clip, items, tf, cfg.data.eval_batch_size, seed=cfg.seed * 1009 + view,
+        return encode_items(clip, items, tf, cfg.data.eval_batch_size, seed=view_seed_of(cfg.seed, view),
                             progress=bool(cfg.runtime.progress))
 
     if cache is None or not context.frozen_image_tower:
-        return ((lambda items: ImageDataset(items, eval_tf)), (ImageDataset(train, train_tf) if train else None),
-                features_of)
+        return (lambda items: ImageDataset(items, eval_tf)), _image_train_set(
+            cfg, train, train_tf, eval_tf, features_of if cache is not None else None, needs_frozen), features_of
 
     def eval_dataset(items: list[Item]) -> Dataset:
         return FeatureDataset(features_of(items), [it.label for it in items])
@@ -157,6 +159,21 @@ def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[I
         views = torch.stack([features_of(train, v + 1) for v in range(cfg.data.cache_views)])
         return eval_dataset, FeatureDataset(views, labels), features_of
     return eval_dataset, ImageDataset(train, train_tf), features_of  # exact: a fresh augmentation every step
+
+
+def _image_train_set(cfg: DictConfig, train: list[Item], train_tf, eval_tf, features_of: Callable | None,
+                     needs_frozen: bool) -> Dataset | None:
+    """Training images for a method that runs the image tower itself (visual prompts, or no cache): with the cache
+    on and ``data.cache_views=N``, the N fixed augmented views regenerated image by image (`ViewDataset`), with
+    their frozen features from the cache when the objective needs them; otherwise fresh augmentations."""
+    if not train:
+        return None
+    if features_of is None or not (cfg.data.cache_views > 0 or (needs_frozen and not cfg.data.augment)):
+        return ImageDataset(train, train_tf)
+    views = list(range(1, cfg.data.cache_views + 1)) if cfg.data.augment else [0]
+    frozen = torch.stack([features_of(train, v) for v in views]) if needs_frozen else None
+    return ViewDataset(train, train_tf if cfg.data.augment else eval_tf,
+                       [view_seed_of(cfg.seed, v) for v in views], frozen)
 
 
 def _fit_data(cfg: DictConfig, clip: FrozenCLIP, context: Context, features_of: Callable, train: list[Item],

@@ -311,3 +311,29 @@ def test_promptsrc_trains_and_its_checkpoint_evaluates_to_the_same_numbers(shape
     capsys.readouterr()
     assert main(["eval", str(out), "runtime.progress=false"]) == 0
     assert json.loads(capsys.readouterr().out)["acc"] == result["metrics"]["acc"]
+
+
+def test_promptsrc_frozen_features_of_cached_views_come_from_the_cache(shapes_dir, monkeypatch):
+    from prompt_tuning.config import compose
+    from prompt_tuning.data.datamodule import ViewDataset
+    from prompt_tuning.runner import build
+
+    cfg = compose([f"model={TINY_ARCH}", f"dataset={shapes_dir}", "method=promptsrc", "protocol.shots=2",
+                   "data.cache_views=3", "runtime.progress=false", *tiny_method_args("promptsrc")])
+    setup = build(cfg)
+    train = setup.datamodule.train_set
+    assert isinstance(train, ViewDataset) and train.frozen.shape[:2] == (3, len(train))
+    item = train.view(2, 5)  # the regenerated image of view 3 and the cache's features of that very image
+    direct = setup.clip.encode_images(item["image"][None], normalize=False)[0]
+    assert torch.allclose(item["frozen"], direct, atol=1e-5)
+    calls = []
+    original = FrozenCLIP.encode_images
+
+    def counting(self, images, normalize=True, prompts=None):
+        calls.append(prompts is None)
+        return original(self, images, normalize, prompts)
+
+    monkeypatch.setattr(FrozenCLIP, "encode_images", counting)
+    batch = next(iter(setup.datamodule.train_dataloader()))
+    setup.module.training_outputs(batch)
+    assert calls == [False]  # the prompted pass only: the frozen features came with the batch

@@ -9,10 +9,10 @@ from prompt_tuning.cli import main
 from prompt_tuning.config import compose
 from prompt_tuning.contexts.base import Task
 from prompt_tuning.contexts.coop import CoOp
-from prompt_tuning.data.datamodule import ImageDataset
+from prompt_tuning.data.datamodule import ImageDataset, ViewDataset
 from prompt_tuning.data.datasets import Folder
 from prompt_tuning.data.transforms import eval_transform, train_transform
-from prompt_tuning.features import FeatureCache, FeatureDataset, encode_items
+from prompt_tuning.features import FeatureCache, FeatureDataset, encode_items, view_seed_of
 from prompt_tuning.module import PromptTuner
 from prompt_tuning.runner import build
 from tests.conftest import TINY_ARCH
@@ -68,16 +68,24 @@ def test_views_are_seeded_reproducible_and_distinct(tiny_clip, items, tmp_path):
 def test_training_on_cached_views_gives_the_logits_of_the_same_views_uncached(tiny_clip, items, tmp_path):
     tf = train_transform(tiny_clip.preprocess)
     cached = FeatureCache(tmp_path, progress=False).features(tiny_clip, items, tf, view=1, seed=5)
-    with torch.random.fork_rng(devices=[]):  # the same augmented images, drawn again as the cache draws them
-        torch.manual_seed(5 * 1009 + 1)
-        loader = torch.utils.data.DataLoader(ImageDataset(items, tf), batch_size=100)
-        images = torch.cat([b["image"] for b in loader])
+    views = ViewDataset(items, tf, [view_seed_of(5, 1)])  # the same augmented images, regenerated one by one
+    images = torch.stack([views[i]["image"] for i in range(32)])
     task = Task(tuple(f"class {i}" for i in range(9)))
     module = PromptTuner(tiny_clip, CoOp(tiny_clip, task, n_ctx=4), task)
     batch_cached = FeatureDataset(cached.unsqueeze(0), [it.label for it in items])
     feats = torch.stack([batch_cached[i]["features"] for i in range(32)])
-    uncached = module(module.image_features({"image": images[:32]})).logits
+    uncached = module(module.image_features({"image": images})).logits
     assert torch.equal(module(feats).logits, uncached)
+
+
+def test_a_view_is_the_same_image_whatever_the_batching_or_order(tiny_clip, items):
+    tf = train_transform(tiny_clip.preprocess)
+    views = ViewDataset(items, tf, [11, 12])
+    first = views.view(1, 7)["image"]
+    for i in range(20):
+        views.view(0, i)
+    assert torch.equal(views.view(1, 7)["image"], first)
+    assert not torch.equal(views.view(0, 7)["image"], first)  # another view is another augmentation
 
 
 def _run(shapes_dir, out, *extra):

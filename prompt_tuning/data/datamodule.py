@@ -33,6 +33,39 @@ class ImageDataset(Dataset):
         return {"image": self.transform(image), "label": item.label}
 
 
+def view_seed(seed: int, index: int) -> int:
+    """The seed of image ``index``'s augmentation in a view drawn with ``seed`` (independent of batching)."""
+    return (seed * 1_000_003 + index) % (2**63)
+
+
+class ViewDataset(ImageDataset):
+    """Fixed augmented views: image ``i`` of view ``v`` is transformed with torch's generator seeded from
+    ``(seeds[v], i)``, so any process regenerates exactly the images whose features the cache holds.
+
+    Args:
+        items, transform: as `ImageDataset`.
+        seeds: one seed per view; each access picks a view at random (torch's seeded generator).
+        frozen: optional ``(V, N, d)`` frozen features of the same views, returned as ``frozen``.
+    """
+
+    def __init__(self, items: list[Item], transform: Callable, seeds: list[int], frozen=None):
+        super().__init__(items, transform)
+        self.seeds = list(seeds)
+        self.frozen = frozen
+
+    def view(self, v: int, index: int) -> dict:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(self.seeds[v], index))
+            out = super().__getitem__(index)
+        if self.frozen is not None:
+            out["frozen"] = self.frozen[v, index]
+        return out
+
+    def __getitem__(self, index: int) -> dict:
+        v = int(torch.randint(len(self.seeds), (1,))) if len(self.seeds) > 1 else 0
+        return self.view(v, index)
+
+
 class EpochShuffle(Sampler):
     """A random order drawn from ``(seed, epoch)`` alone (Lightning calls `set_epoch`), so a run resumed at
     epoch e shuffles exactly as the uninterrupted run did."""
