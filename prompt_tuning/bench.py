@@ -202,6 +202,149 @@ def run(classes: int = 100, shots: int = 16, model: str = "ViT-B-16", device: st
     }
 
 
+def reference_deep_text_features(clip: FrozenCLIP, embeddings77: torch.Tensor, eot: torch.Tensor,
+                                  deep: list[torch.Tensor], start: int = 1) -> torch.Tensor:
+    """The authors' deep-prompt TextEncoder: all 77 positions, each layer's prompts spliced in at its input."""
+    m = clip.model
+    x = embeddings77 + m.positional_embedding
+    n = x.shape[0]
+    for i, block in enumerate(m.transformer.resblocks):
+        if 1 <= i <= len(deep):
+            p = deep[i - 1]
+            x = torch.cat([x[:, :start], p.expand(n, -1, -1), x[:, start + p.shape[0]:]], dim=1)
+        x = block(x, attn_mask=m.attn_mask)
+    x = m.ln_final(x)[torch.arange(n, device=x.device), eot] @ m.text_projection
+    return F.normalize(x, dim=-1)
+
+
+def run_multimodal(method: str = "maple", classes: int = 100, model: str = "ViT-B-16", device: str = "cpu",
+                   repeats: int = 2, batch: int = 4, seed: int = 0, log=print) -> dict:
+    """A training step of MaPLe or PromptSRC (the authors' settings: batch 4, depth 9) against the authors'
+    recipe path: the text transformer over all 77 positions and, for PromptSRC, the frozen image tower run
+    again on every batch. Ours: the text pass truncated at the last end-of-text token (same numbers) and, with
+    cached views, PromptSRC's frozen image features read from the cache."""
+    from prompt_tuning.contexts.ivlp import IVLP
+    from prompt_tuning.contexts.maple import MaPLe
+    from prompt_tuning.objectives import SelfRegulating
+
+    if method not in ("maple", "promptsrc"):
+        raise UserError(f"--method {method}: choose coop, maple or promptsrc")
+    torch.manual_seed(seed)
+    log(f"building {model} (random weights) on {device} ...")
+    arch = model if model.endswith(".json") else None
+    clip = FrozenCLIP.build(model if arch is None else Path(model).stem, None, arch=arch).to(device)
+    task = Task(tuple(f"synthetic object number {i}" for i in range(classes)))
+    depth = min(9, len(clip.model.transformer.resblocks), len(clip.model.visual.transformer.resblocks))
+    if method == "maple":
+        ctx = MaPLe(clip, task, n_ctx=2, depth=depth).to(device)
+        objective = None
+    else:
+        ctx = IVLP(clip, task, n_ctx_text=4, n_ctx_vision=4, depth_text=depth, depth_vision=depth).to(device)
+        objective = SelfRegulating(clip, task, templates=["a photo of a {}."]).to(device)  # precomputed either way
+    params = [p for p in ctx.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    size = clip.preprocess.image_size
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, size, size, generator=g).to(device)
+    labels = torch.arange(batch, device=device) % classes
+    prompts = ctx()
+    n_ctx = ctx.frame.n_ctx
+    tokens = clip.tokenize([f"{ctx.frame.prefix_text} {n}." for n in task.classnames])
+    full, eot = clip.token_embeddings(tokens), clip.eot_index(tokens)
+    scale = clip.logit_scale
+
+    def ref_text():
+        emb = torch.cat([full[:, :1], ctx.ctx.unsqueeze(0).expand(classes, -1, -1), full[:, 1 + n_ctx:]], 1)
+        return reference_deep_text_features(clip, emb, eot, list(ctx().deep))
+
+    def our_text():
+        return ctx.text_features(clip)[0][0]
+
+    def loss_of(txt, frozen):
+        img = F.normalize(clip.encode_images(images, normalize=False, prompts=ctx.visual_prompts()), dim=-1)
+        logits = scale * img @ txt.T
+        if objective is None:
+            return F.cross_entropy(logits, labels)
+        from prompt_tuning.contexts.base import Outputs
+
+        out = Outputs(logits.unsqueeze(0), img, txt.unsqueeze(0), None, frozen)
+        return sum(objective(out, labels).values())
+
+    frozen_cached = F.normalize(clip.encode_images(images, normalize=False), dim=-1)
+
+    def step(text_fn, frozen_fn):
+        loss = loss_of(text_fn(), frozen_fn() if objective is not None else None)  # MaPLe needs no frozen pass
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p_, gr in zip(params, grads):
+                p_.sub_(0.0025 * gr)
+
+    def frozen_pass():  # the authors' ZS_image_encoder on every batch
+        with torch.no_grad():
+            return F.normalize(clip.encode_images(images, normalize=False), dim=-1)
+
+    with torch.no_grad():
+        diff = (our_text() - ref_text()).abs().max().item()
+    log(f"class text features max abs diff (ours vs reference): {diff}")
+    assert prompts.embeddings.shape[2] == int(eot.max()) + 1
+
+    def times(fn, label):
+        out, memory = [], 0.0
+        for r in range(repeats):
+            with torch.no_grad():
+                for p_, s0 in zip(params, start):
+                    p_.copy_(s0)
+            if r == 0 and device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            with _SavedBytes() as saved:
+                t, _ = _timed(fn, device)
+            if r == 0:
+                memory = (torch.cuda.max_memory_allocated() if device.startswith("cuda") else saved.total) / 2**20
+            out.append(t)
+            log(f"  {label}: step {r + 1}/{repeats} {t:.2f} s")
+        return statistics.median(out), memory
+
+    log(f"training step, {method}, batch {batch}, {classes} classes, depth {depth}:")
+    t_ref, mem_ref = times(lambda: step(ref_text, frozen_pass), "reference (77 tokens" + (
+        ", frozen image pass per step)" if objective is not None else ")"))
+    t_exact, mem_exact = times(lambda: step(our_text, frozen_pass), "ours, exact")
+    r = {"method": method, "model": model, "device": device, "classes": classes, "batch": batch, "depth": depth,
+         "repeats": repeats, "prompt_tokens_ours": int(eot.max()) + 1, "prompt_tokens_reference": clip.context_length,
+         "text_features_max_abs_diff": diff, "train_step_s_reference": t_ref, "train_step_s_exact": t_exact,
+         "train_step_ratio_exact": t_ref / t_exact, "peak_mem_reference_mb": mem_ref, "peak_mem_ours_mb": mem_exact,
+         "memory_measure": "cuda peak allocated" if device.startswith("cuda") else "activations saved for backward",
+         "threads": torch.get_num_threads()}
+    if method == "promptsrc":
+        t_cached, mem_cached = times(lambda: step(our_text, lambda: frozen_cached), "ours, frozen features cached")
+        r.update(train_step_s_cached=t_cached, train_step_ratio_cached=t_ref / t_cached,
+                 peak_mem_cached_mb=mem_cached)
+    return r
+
+
+def format_multimodal_report(r: dict) -> str:
+    rows = [
+        f"prompt-tuning bench --method {r['method']}: {r['model']} on {r['device']} ({r['threads']} threads), "
+        f"{r['classes']} classes, batch {r['batch']}, depth {r['depth']}, prompts {r['prompt_tokens_ours']} vs "
+        f"{r['prompt_tokens_reference']} tokens",
+        "",
+        "| measure | reference | ours | ratio |",
+        "|---|---|---|---|",
+        f"| train step, exact | {r['train_step_s_reference']:.2f} s | {r['train_step_s_exact']:.2f} s | "
+        f"{r['train_step_ratio_exact']:.2f}x |",
+    ]
+    if "train_step_s_cached" in r:
+        rows.append(f"| train step, frozen image features from the cache | {r['train_step_s_reference']:.2f} s | "
+                    f"{r['train_step_s_cached']:.2f} s | {r['train_step_ratio_cached']:.2f}x |")
+    rows += [
+        f"| memory per train step ({r['memory_measure']}) | {r['peak_mem_reference_mb']:.0f} MB | "
+        f"{r['peak_mem_ours_mb']:.0f} MB | {r['peak_mem_reference_mb'] / max(r['peak_mem_ours_mb'], 1e-9):.2f}x |",
+        "",
+        f"class text features max abs diff, ours vs reference: {r['text_features_max_abs_diff']} "
+        f"({'same' if r['text_features_max_abs_diff'] <= 1e-5 else 'MISMATCH'})",
+    ]
+    return "\n".join(rows)
+
+
 def format_report(r: dict) -> str:
     rows = [
         f"prompt-tuning bench: {r['model']} on {r['device']} ({r['threads']} threads), {r['classes']} classes, "
@@ -236,6 +379,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prompt-tuning bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter,
                                 epilog="--debug anywhere on the command line shows tracebacks of user errors")
+    p.add_argument("--method", default="coop", choices=("coop", "maple", "promptsrc"),
+                   help="coop: CoOp's step and evaluation; maple, promptsrc: a step with prompts in both towers")
     p.add_argument("--classes", type=int, default=100, help="classes of the synthetic task (prompts per step)")
     p.add_argument("--shots", type=int, default=16, help="for the projected epoch time")
     p.add_argument("--model", default="ViT-B-16",
@@ -257,18 +402,23 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" notice
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        r = run(args.classes, args.shots, args.model, args.device, args.repeats, test_per_class=args.test_per_class,
-                eval_batch=args.eval_batch, log=lambda m: print(m, file=sys.stderr, flush=True))
+        if args.method == "coop":
+            r = run(args.classes, args.shots, args.model, args.device, args.repeats,
+                    test_per_class=args.test_per_class, eval_batch=args.eval_batch, log=log)
+        else:
+            r = run_multimodal(args.method, args.classes, args.model, args.device, args.repeats, log=log)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_report(r))
+    print(format_report(r) if args.method == "coop" else format_multimodal_report(r))
     if args.json:
         from prompt_tuning.files import write_json
 
         write_json(args.json, r)
-    return 0 if r["logits_max_abs_diff"] <= 1e-5 else 1
+    diff = r["logits_max_abs_diff"] if args.method == "coop" else r["text_features_max_abs_diff"]
+    return 0 if diff <= 1e-5 else 1
 
 
 if __name__ == "__main__":

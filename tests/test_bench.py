@@ -24,3 +24,17 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     assert main(["bench", "--model", str(TINY_ARCH), "--classes", "4", "--repeats", "1", "--json", str(out)]) == 0
     assert set(json.loads(out.read_text())) >= KEYS
     assert "| train step, exact" in capsys.readouterr().out
+
+
+def test_bench_multimodal_methods_report_their_step_against_the_authors_path(capsys):
+    from prompt_tuning.bench import format_multimodal_report, run_multimodal
+
+    for method in ("maple", "promptsrc"):
+        r = run_multimodal(method, classes=5, model=str(TINY_ARCH), repeats=1, log=lambda m: None)
+        assert r["text_features_max_abs_diff"] <= 1e-6  # the truncated deep text pass: the same features
+        assert r["prompt_tokens_ours"] < r["prompt_tokens_reference"] == 77
+        assert r["peak_mem_ours_mb"] < r["peak_mem_reference_mb"]
+        assert ("train_step_ratio_cached" in r) == (method == "promptsrc")
+        assert "| train step, exact |" in format_multimodal_report(r)
+    assert main(["bench", "--method", "maple", "--model", str(TINY_ARCH), "--classes", "3", "--repeats", "1"]) == 0
+    assert "--method maple" in capsys.readouterr().out

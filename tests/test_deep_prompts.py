@@ -281,6 +281,8 @@ def test_gpa_checkpoint_holds_the_weighted_average_of_the_epochs(shapes_dir, tmp
     trainer.fit(setup.module, datamodule=setup.datamodule)
     w = gaussian_weights(4, 3, 1.5)
     saved = load_checkpoint(tmp_path / CKPT_DIR / LAST_CKPT)["state_dict"]
+    names = [n for n, _ in setup.module.context.named_parameters()]
+    assert set(saved) == {f"context.{n}" for n in names} | {f"averaging.sum_{i}" for i in range(len(names))}
     for name, p in setup.module.context.named_parameters():
         average = sum(wi * e[name] for wi, e in zip(w, epochs))
         assert torch.allclose(p, average, atol=1e-6), name
