@@ -373,6 +373,16 @@ class FrozenCLIP(nn.Module):
         return pooled @ v.proj if v.proj is not None else pooled
 
     @property
+    def text_blocks(self) -> int:
+        """Residual blocks of the text transformer (the deepest text prompt depth)."""
+        return len(self._text.owner.transformer.resblocks)
+
+    @property
+    def vision_blocks(self) -> int:
+        """Residual blocks of the ViT image transformer (the deepest visual prompt depth)."""
+        return len(_prompted_vit(self.model).transformer.resblocks)
+
+    @property
     def vision_width(self) -> int:
         """Width of the image transformer's tokens (the visual prompts' dimension)."""
         return _prompted_vit(self.model).class_embedding.shape[-1]

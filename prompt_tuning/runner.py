@@ -359,6 +359,7 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
     previous_hash = saved_hash(run_dir)
     check_loggers(cfg)  # a logger that cannot be made is an error before anything is written
     setup = build(cfg)
+    fit(setup)  # part of the setup: a head that cannot fit fails before the run folder is touched
     max_epochs = setup.module.schedule["max_epochs"]
     if setup.module.learns and setup.datamodule.train_set is None:
         raise UserError(
@@ -383,7 +384,6 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
     trainer = make_trainer(cfg, run_dir, max_epochs)
     for logger in trainer.loggers:
         logger.log_hyperparams(hyperparameters(cfg, config_hash))
-    fit(setup)
     if setup.module.trainable:
         try:
             trainer.fit(setup.module, datamodule=setup.datamodule, ckpt_path=str(last) if resuming else None,

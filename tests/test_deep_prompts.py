@@ -339,3 +339,13 @@ def test_promptsrc_frozen_features_of_cached_views_come_from_the_cache(shapes_di
     batch = next(iter(setup.datamodule.train_dataloader()))
     setup.module.training_outputs(batch)
     assert calls == [False]  # the prompted pass only: the frozen features came with the batch
+
+
+def test_a_prompt_depth_beyond_the_model_fails_before_the_run_writes_anything(shapes_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", f"model={TINY_ARCH}", f"dataset={shapes_dir}", "method=maple", "runtime.progress=false",
+                 f"output_dir={out}"]) == 2
+    assert "depth=9: the text transformer of" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(UserError, match="depth_vision=5: the image transformer of tiny4 has 4 blocks"):
+        IVLP(FrozenCLIP.build("tiny4", None, arch=ARCH4), TASK, depth_text=2, depth_vision=5)

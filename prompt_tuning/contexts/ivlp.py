@@ -39,6 +39,16 @@ def init_text_context(clip: FrozenCLIP, n_ctx: int, ctx_init: str | None, init_s
     return ctx, " ".join(["X"] * n_ctx)
 
 
+def check_depth(clip: FrozenCLIP, depth_text: int = 0, depth_vision: int = 0, names=("depth_text", "depth_vision")):
+    """A prompt depth deeper than the model's towers is an error naming the argument (raised at construction,
+    before a run writes anything)."""
+    if depth_text > clip.text_blocks:
+        raise UserError(f"{names[0]}={depth_text}: the text transformer of {clip.name} has {clip.text_blocks} blocks")
+    if depth_vision and depth_vision > clip.vision_blocks:
+        raise UserError(f"{names[1]}={depth_vision}: the image transformer of {clip.name} has {clip.vision_blocks} "
+                        "blocks")
+
+
 def normal_prompts(layers: int, n: int, width: int, device, std: float = 0.02) -> nn.Parameter:
     """``(layers, n, width)`` prompt vectors drawn from N(0, std^2), one set per layer."""
     t = torch.empty(layers, n, width, device=device)
@@ -89,6 +99,7 @@ class IVLP(Context):
         if not (n_ctx_text and depth_text) and not (n_ctx_vision and depth_vision):
             raise UserError("IVLP needs prompts in at least one tower (n_ctx and depth >= 1 on the text or the "
                             "image side)")
+        check_depth(clip, depth_text if n_ctx_text else 0, depth_vision if n_ctx_vision else 0)
         self.text_template = text_template
         self.prompt_text = bool(n_ctx_text and depth_text)
         if self.prompt_text:

@@ -18,7 +18,7 @@ from torch import nn
 
 from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.contexts.base import Context, Prompts, Task
-from prompt_tuning.contexts.ivlp import TextPromptFrame, init_text_context, normal_prompts
+from prompt_tuning.contexts.ivlp import TextPromptFrame, check_depth, init_text_context, normal_prompts
 from prompt_tuning.errors import UserError
 
 
@@ -39,6 +39,7 @@ class MaPLe(Context):
         super().__init__()
         if n_ctx < 1 or depth < 1:
             raise UserError(f"n_ctx={n_ctx} and depth={depth} must be >= 1")
+        check_depth(clip, depth, depth, names=("depth", "depth"))
         ctx, prefix = init_text_context(clip, n_ctx, ctx_init, init_std)
         self.ctx = nn.Parameter(ctx)
         self.frame = TextPromptFrame(prefix, n_ctx)
