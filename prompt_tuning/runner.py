@@ -163,17 +163,23 @@ def _datasets(cfg: DictConfig, clip: FrozenCLIP, context: Context, train: list[I
 
 def _image_train_set(cfg: DictConfig, train: list[Item], train_tf, eval_tf, features_of: Callable | None,
                      needs_frozen: bool) -> Dataset | None:
-    """Training images for a method that runs the image tower itself (visual prompts, or no cache): with the cache
-    on and ``data.cache_views=N``, the N fixed augmented views regenerated image by image (`ViewDataset`), with
-    their frozen features from the cache when the objective needs them; otherwise fresh augmentations."""
+    """Training images for a method that runs the image tower itself (visual prompts, or the cache off).
+
+    With ``data.cache_views=N`` these are the N fixed augmented views, regenerated image by image (`ViewDataset`),
+    the very images whose features the cache holds: so the cache on and off train on the same images. With the
+    cache on, an objective that needs the frozen features of the training images reads them from it.
+    Otherwise: a fresh augmentation every step.
+    """
     if not train:
         return None
-    if features_of is None or not (cfg.data.cache_views > 0 or (needs_frozen and not cfg.data.augment)):
+    if cfg.data.augment and cfg.data.cache_views > 0:
+        views, tf = list(range(1, cfg.data.cache_views + 1)), train_tf
+    elif needs_frozen and not cfg.data.augment and features_of is not None:
+        views, tf = [0], eval_tf
+    else:
         return ImageDataset(train, train_tf)
-    views = list(range(1, cfg.data.cache_views + 1)) if cfg.data.augment else [0]
-    frozen = torch.stack([features_of(train, v) for v in views]) if needs_frozen else None
-    return ViewDataset(train, train_tf if cfg.data.augment else eval_tf,
-                       [view_seed_of(cfg.seed, v) for v in views], frozen)
+    frozen = torch.stack([features_of(train, v) for v in views]) if needs_frozen and features_of else None
+    return ViewDataset(train, tf, [view_seed_of(cfg.seed, v) for v in views], frozen)
 
 
 def _fit_data(cfg: DictConfig, clip: FrozenCLIP, context: Context, features_of: Callable, train: list[Item],

@@ -95,10 +95,12 @@ def _run(shapes_dir, out, *extra):
     return json.loads((out / "result.json").read_text())
 
 
-@pytest.mark.parametrize("augment", ["true", "false"])
-def test_feature_cache_never_changes_a_runs_numbers(shapes_dir, tmp_path, augment):
-    on = _run(shapes_dir, tmp_path / "on", f"data.augment={augment}", "runtime.feature_cache=true")
-    off = _run(shapes_dir, tmp_path / "off", f"data.augment={augment}", "runtime.feature_cache=false")
+@pytest.mark.parametrize("augment, views", [("true", 0), ("false", 0), ("true", 2)])
+def test_feature_cache_never_changes_a_runs_numbers(shapes_dir, tmp_path, augment, views):
+    """Cached views included: without the cache, training regenerates the same N views image by image."""
+    extra = (f"data.augment={augment}", f"data.cache_views={views}")
+    on = _run(shapes_dir, tmp_path / "on", *extra, "runtime.feature_cache=true")
+    off = _run(shapes_dir, tmp_path / "off", *extra, "runtime.feature_cache=false")
     assert on["metrics"] == off["metrics"]
     assert on["config_hash"] == off["config_hash"]  # runtime settings are not part of the run's identity
 

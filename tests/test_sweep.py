@@ -64,8 +64,9 @@ SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name, runs", [
-    pytest.param("base2novel", 165, marks=SLOW), pytest.param("coop_fewshot", 165, marks=SLOW),
-    pytest.param("cross_dataset", 12, marks=SLOW), pytest.param("domain_generalization", 12, marks=SLOW),
+    pytest.param("base2novel", 8 * 11 * 3, marks=SLOW), pytest.param("coop_fewshot", 6 * 11 * 5 * 3, marks=SLOW),
+    pytest.param("promptsrc_fewshot", 3 * 11 * 5 * 3, marks=SLOW),
+    pytest.param("cross_dataset", 6 * 3, marks=SLOW), pytest.param("domain_generalization", 6 * 3, marks=SLOW),
     ("ablation_nctx", 27), ("demo", 12)])
 def test_each_paper_experiment_dry_runs_to_the_right_number_of_runs(name, runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

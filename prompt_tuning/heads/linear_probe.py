@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 
 from prompt_tuning.contexts.base import FrozenFeatures, Outputs, Task
 from prompt_tuning.heads.base import Head, check_same_classes
@@ -73,8 +76,14 @@ class LinearProbe(Head):
         x, y = self._inputs(data.train[0]), data.train_labels.numpy()
         xv, yv = self._inputs(data.val), data.val_labels.numpy()
 
+        unconverged = []
+
         def fit_at(c: float):
-            clf = logistic_regression(c, self.max_iter).fit(x, y)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                clf = logistic_regression(c, self.max_iter).fit(x, y)
+            if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+                unconverged.append(c)  # extreme C values do, in the authors' runs too; said once below
             return clf, int((clf.predict(xv) == yv).sum())
 
         correct = [fit_at(c)[1] for c in self.c_grid]
@@ -90,6 +99,9 @@ class LinearProbe(Head):
             else:
                 clf, chosen = clf_l, left
                 left, right = np.power(10, np.log10(left)), np.power(10, mid)
+        if unconverged:
+            log.info("linear probe: L-BFGS stopped before convergence at %d of the C values tried (%s)",
+                     len(unconverged), ", ".join(f"{c:.3g}" for c in unconverged[:4]))
         self.c = float(chosen)
         log.info("linear probe: C = %.4g (coarse best %.0e, %d bisection rounds; %d fits in %.1f s)", self.c, peak,
                  self.steps, len(self.c_grid) + 2 * self.steps, time.perf_counter() - start)
@@ -119,6 +131,4 @@ class LinearProbe(Head):
 
 def logistic_regression(c: float, max_iter: int = 1000):
     """scikit-learn's L2-regularised multinomial logistic regression with L-BFGS (the authors' settings)."""
-    from sklearn.linear_model import LogisticRegression
-
     return LogisticRegression(solver="lbfgs", max_iter=max_iter, C=c)
