@@ -107,8 +107,11 @@ def build(cfg: DictConfig) -> Setup:
 def build_clip(cfg: DictConfig) -> FrozenCLIP:
     """The run's frozen model, after seeding everything with the run's seed (random weights depend on it)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    return FrozenCLIP.build(cfg.model.name, cfg.model.pretrained, cfg.model.arch, cfg.model.cache_dir,
+    clip = FrozenCLIP.build(cfg.model.name, cfg.model.pretrained, cfg.model.arch, cfg.model.cache_dir,
                             cfg.model.quick_gelu)
+    clip.shared_prefix_pass = bool(cfg.model.shared_prefix)
+    clip.text_checkpointing = bool(cfg.runtime.text_checkpointing)
+    return clip
 
 
 def make_module(cfg: DictConfig, clip: FrozenCLIP, task: Task) -> PromptTuner:

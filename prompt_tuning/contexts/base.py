@@ -126,6 +126,12 @@ class Context(nn.Module):
     class_bound: ClassVar[bool] = False
 
     @property
+    def shared_prefix(self) -> int:
+        """Leading prompt positions that are the same for every class of a prompt set (start token and a unified
+        context before the class name); `FrozenCLIP.encode_prompts` may compute them once per set. 0: none."""
+        return 0
+
+    @property
     def sets_per_image(self) -> int:
         """Prompt sets a conditional context makes per image (M); bounds the images per evaluation text pass."""
         return 1
@@ -163,7 +169,7 @@ class Context(nn.Module):
         prompts = self(image_features)
         s, c, length, dim = prompts.embeddings.shape
         features = clip.encode_prompts(prompts.embeddings.reshape(s * c, length, dim), prompts.eot_index.repeat(s),
-                                       prompts.deep, prompts.deep_start)
+                                       prompts.deep, prompts.deep_start, self.shared_prefix, s)
         return self.reduce(F.normalize(features, dim=-1).view(s, c, -1)), prompts.aux_loss
 
     def score(self, clip: FrozenCLIP, image_features: torch.Tensor,

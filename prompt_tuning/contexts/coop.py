@@ -114,6 +114,11 @@ class CoOp(Context):
             prompts = prompts.gather(2, index)
         return prompts
 
+    @property
+    def shared_prefix(self) -> int:
+        """``[SOS] v_1..v_M`` is the same for every class of a unified, class-at-the-end context."""
+        return 0 if self.csc or self.class_token_position != "end" else 1 + self.n_ctx
+
     def forward(self, image_features: torch.Tensor | None = None) -> Prompts:
         return Prompts(self.assemble(self.ctx.unsqueeze(0)), self.eot_index)
 

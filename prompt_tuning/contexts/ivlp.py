@@ -123,6 +123,10 @@ class IVLP(Context):
             t = Task(task.classnames, self.text_template or task.template)
             self.register_buffer("fixed_text", clip.encode_text(t.prompts()), persistent=False)  # (C, d)
 
+    @property
+    def shared_prefix(self) -> int:
+        return 1 + self.frame.n_ctx if hasattr(self, "frame") else 0  # [SOS] and the context: every class's
+
     def forward(self, image_features: torch.Tensor | None = None) -> Prompts:
         return Prompts(self.frame.assemble(self.ctx), self.frame.eot_index, deep=list(self.deep_text.unbind(0)))
 

@@ -52,6 +52,10 @@ class MaPLe(Context):
     def set_task(self, clip: FrozenCLIP, task: Task) -> None:
         self.frame.set_task(clip, task)
 
+    @property
+    def shared_prefix(self) -> int:
+        return 1 + self.frame.n_ctx if hasattr(self, "frame") else 0  # [SOS] and the context: every class's
+
     def forward(self, image_features: torch.Tensor | None = None) -> Prompts:
         return Prompts(self.frame.assemble(self.ctx), self.frame.eot_index, deep=list(self.deep_text.unbind(0)))
 
