@@ -110,6 +110,7 @@ class FrozenCLIP(nn.Module):
         self._image_digest: str | None = None
         self.shared_prefix_pass = False  # encode_prompts: compute a shared prefix once per set (model.shared_prefix)
         self.text_checkpointing = False  # recompute the text blocks in backward (runtime.text_checkpointing)
+        self.text_chunk = 0  # contexts' training text pass: classes per checkpointed chunk (runtime.text_chunk)
 
     # ----------------------------------------------------------------------------------------------- building
     @classmethod

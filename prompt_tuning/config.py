@@ -354,6 +354,7 @@ RANGES: dict[str, tuple[tuple, Any, str]] = {
     "trainer.check_val_every_n_epoch": (_INT, lambda v: v >= 1, "an integer >= 1 (or null: no validation)"),
     "trainer.log_every_n_steps": (_INT, lambda v: v >= 1, "an integer >= 1"),
     "runtime.num_workers": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "runtime.text_chunk": (_INT, lambda v: v >= 0, "an integer >= 0 (0: no chunks)"),
 }
 
 

@@ -111,6 +111,7 @@ def build_clip(cfg: DictConfig) -> FrozenCLIP:
                             cfg.model.quick_gelu)
     clip.shared_prefix_pass = bool(cfg.model.shared_prefix)
     clip.text_checkpointing = bool(cfg.runtime.text_checkpointing)
+    clip.text_chunk = int(cfg.runtime.text_chunk)
     return clip
 
 

@@ -7,21 +7,27 @@ from prompt_tuning.cli import main
 from tests.conftest import TINY_ARCH
 
 KEYS = {"train_step_ratio_exact", "train_step_ratio_cached", "eval_ratio_warm", "eval_ratio_cold",
-        "logits_max_abs_diff", "peak_mem_ours_mb", "peak_mem_reference_mb"}
+        "logits_max_abs_diff", "peak_mem_ours_mb", "peak_mem_reference_mb",
+        "text_step_ratio", "act_mem_1000cls_ours_mb", "act_mem_1000cls_reference_mb", "cocoop_step_ratio",
+        "cocoop_act_mem_ours_mb", "cocoop_act_mem_reference_mb"}
 
 
 def test_bench_reports_every_figure_and_same_logits():
-    r = run(classes=6, model=str(TINY_ARCH), repeats=1, batch=8, test_per_class=2, eval_batch=4, log=lambda m: None)
+    r = run(classes=6, model=str(TINY_ARCH), repeats=1, batch=8, test_per_class=2, eval_batch=4, log=lambda m: None,
+            cocoop_classes=3)
     assert set(r) >= KEYS
-    assert r["logits_max_abs_diff"] == 0.0  # the truncated pass is bit-identical
+    assert r["logits_max_rel_diff"] <= 1e-5  # the shared-prefix pass: the same logits within float rounding
+    assert r["act_mem_1000cls_ours_checkpointed_mb"] < r["act_mem_1000cls_ours_mb"] < r["act_mem_1000cls_reference_mb"]
+    assert r["cocoop_act_mem_ours_mb"] < r["cocoop_act_mem_reference_mb"]
     assert r["prompt_tokens_ours"] < r["prompt_tokens_reference"] == 77
     assert r["peak_mem_ours_mb"] < r["peak_mem_reference_mb"]  # fewer positions keep fewer activations
-    assert "same logits" in format_report(r)
+    assert "same logits" in format_report(r) and "targets: train exact >= 1.8x" in format_report(r)
 
 
 def test_bench_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--model", str(TINY_ARCH), "--classes", "4", "--repeats", "1", "--json", str(out)]) == 0
+    assert main(["bench", "--model", str(TINY_ARCH), "--classes", "4", "--repeats", "1", "--cocoop-classes", "2",
+                 "--json", str(out)]) == 0
     assert set(json.loads(out.read_text())) >= KEYS
     assert "| train step, exact" in capsys.readouterr().out
 

@@ -104,3 +104,27 @@ def test_text_checkpointing_changes_no_number_and_keeps_less(clip, shared):
     (f0, g0, kept0), (f1, g1, kept1) = results
     assert torch.equal(f0, f1) and torch.equal(g0, g1)
     assert kept1 < 0.5 * kept0
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_training_text_pass_in_chunks_of_classes_keeps_one_chunk(clip, shared):
+    torch.manual_seed(0)
+    ctx = CoOp(clip, TASK, n_ctx=8)
+    clip.shared_prefix_pass = shared
+    results = []
+    for chunk in (0, 4):
+        clip.text_chunk = chunk
+        ctx.zero_grad()
+        with _SavedBytes() as saved:
+            feats = ctx.text_features(clip)[0]
+        (feats * torch.randn(feats.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        results.append((feats.detach(), ctx.ctx.grad.clone(), saved.total))
+    clip.text_chunk, clip.shared_prefix_pass = 0, False
+    (f0, g0, kept0), (f1, g1, kept1) = results
+    assert (f0 - f1).abs().max() <= BOUND * f0.abs().max()
+    assert (g0 - g1).abs().max() <= 1e-4 * g0.abs().max()
+    assert kept1 < 0.2 * kept0  # the chunks' inputs only; each chunk is recomputed in backward
+    with torch.no_grad():  # evaluation is not chunked here (it has its own chunking)
+        clip.text_chunk = 4
+        assert torch.equal(ctx.text_features(clip)[0], ctx.text_features(clip)[0])
+        clip.text_chunk = 0

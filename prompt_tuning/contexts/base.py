@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 if TYPE_CHECKING:
@@ -168,9 +169,21 @@ class Context(nn.Module):
         """Normalised class text features ``(S, C, d)`` (after `reduce`) and the context's auxiliary loss."""
         prompts = self(image_features)
         s, c, length, dim = prompts.embeddings.shape
-        features = clip.encode_prompts(prompts.embeddings.reshape(s * c, length, dim), prompts.eot_index.repeat(s),
-                                       prompts.deep, prompts.deep_start, self.shared_prefix, s)
-        return self.reduce(F.normalize(features, dim=-1).view(s, c, -1)), prompts.aux_loss
+
+        def encode(embeddings: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:  # (S, c', L, D) -> (S, c', d)
+            n = embeddings.shape[1]
+            return clip.encode_prompts(embeddings.reshape(s * n, length, dim), eot.repeat(s), prompts.deep,
+                                       prompts.deep_start, self.shared_prefix, s).view(s, n, -1)
+
+        chunk = clip.text_chunk
+        if chunk and c > chunk and torch.is_grad_enabled():  # one chunk of classes' activations at a time
+            features = torch.cat([
+                torch.utils.checkpoint.checkpoint(encode, prompts.embeddings[:, i:i + chunk],
+                                                  prompts.eot_index[i:i + chunk], use_reentrant=False)
+                for i in range(0, c, chunk)], dim=1)
+        else:
+            features = encode(prompts.embeddings, prompts.eot_index)
+        return self.reduce(F.normalize(features, dim=-1)), prompts.aux_loss
 
     def score(self, clip: FrozenCLIP, image_features: torch.Tensor,
               text_features: torch.Tensor | None = None) -> Outputs:
