@@ -317,11 +317,7 @@ class FrozenCLIP(nn.Module):
             length = int(eot_index.max()) + 1
             x = embeddings[:, :length].to(cast) + t.positional_embedding[:length].to(cast)
             x = self._shared_prefix_blocks(x, deep, deep_start, shared_prefix, sets, cast)
-            x = t.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot_index - shared_prefix]
-            proj = t.text_projection
-            if proj is None:
-                return x
-            return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+            return self._text_output(x, eot_index - shared_prefix)
         if self._text.blocks_known:
             mask = t.attn_mask[:length]  # (length, n_pos): row i sees keys 0..i
             for i, block in enumerate(t.transformer.resblocks):
@@ -330,8 +326,12 @@ class FrozenCLIP(nn.Module):
                 x = self._maybe_checkpoint(_text_block, block, x, mask, n_pos)
         else:  # unknown block type: pad back to the full length (still exact, not faster)
             x = t.transformer(F.pad(x, (0, 0, 0, n_pos - length)), attn_mask=t.attn_mask)[:, :length]
-        x = t.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        return self._text_output(x, eot_index)
+
+    def _text_output(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """``ln_final``, the hidden state at each prompt's end-of-text position, the text projection."""
+        t = self._text.owner
+        x = t.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot_index]
         proj = t.text_projection
         if proj is None:
             return x

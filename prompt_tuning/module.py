@@ -147,7 +147,7 @@ class PromptTuner(pl.LightningModule):
         """Normalised features of the batch through the unprompted image tower: the batch's own features when the
         context leaves the tower alone, the feature cache's (``frozen``) when the dataset carries them, else a
         second, unprompted pass (no gradient)."""
-        if self.context.visual_prompts() is None:
+        if self.context.frozen_image_tower:
             frozen = image_features
         elif "frozen" in batch:
             frozen = batch["frozen"]
