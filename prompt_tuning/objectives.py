@@ -185,10 +185,21 @@ class SelfRegulating(Objective):
         self.set_task(clip, task)
 
     def set_task(self, clip: FrozenCLIP, task: Task) -> None:
-        names = [name.replace("_", " ") for name in task.classnames]
-        per_template = torch.stack([clip.encode_text([t.replace("{}", n) for n in names], normalize=False)
-                                    for t in self.templates], dim=1)  # (C, T, d), unnormalised
-        self.register_buffer("frozen_text", F.normalize(per_template.mean(dim=1), dim=-1), persistent=False)
+        """Remember the class set; its frozen targets are computed at the first training step that needs them
+        (evaluating on other class sets never pays for ``len(templates)`` text passes)."""
+        object.__setattr__(self, "_target_of", (clip, task.classnames))  # not a submodule: never checkpointed
+        self.register_buffer("_frozen_text", None, persistent=False)
+
+    @property
+    def frozen_text(self) -> torch.Tensor:
+        """Frozen class features ``(C, d)``: the normalised mean of the unnormalised template features."""
+        if self._frozen_text is None:
+            clip, classnames = self._target_of
+            names = [name.replace("_", " ") for name in classnames]
+            per_template = torch.stack([clip.encode_text([t.replace("{}", n) for n in names], normalize=False)
+                                        for t in self.templates], dim=1)  # (C, T, d), unnormalised
+            self._frozen_text = F.normalize(per_template.mean(dim=1), dim=-1)
+        return self._frozen_text
 
     def forward(self, outputs: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = outputs.logits[0]  # (B, C)

@@ -349,3 +349,17 @@ def test_a_prompt_depth_beyond_the_model_fails_before_the_run_writes_anything(sh
     assert not out.exists()
     with pytest.raises(UserError, match="depth_vision=5: the image transformer of tiny4 has 4 blocks"):
         IVLP(FrozenCLIP.build("tiny4", None, arch=ARCH4), TASK, depth_text=2, depth_vision=5)
+
+
+def test_promptsrc_targets_of_a_class_set_are_computed_only_when_training_needs_them(clip4, monkeypatch):
+    from prompt_tuning.objectives import SelfRegulating
+
+    calls = []
+    original = FrozenCLIP.encode_text
+    monkeypatch.setattr(FrozenCLIP, "encode_text", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    obj = SelfRegulating(clip4, TASK, templates=["a photo of a {}.", "art of the {}."])
+    obj.set_task(clip4, Task(("x", "y")))  # e.g. an evaluation subset: nothing computed
+    assert calls == []
+    assert obj.frozen_text.shape == (2, 32) and len(calls) == 2  # one text pass per template, once
+    assert obj.frozen_text is obj.frozen_text  # kept
+    assert len(calls) == 2
