@@ -26,19 +26,28 @@ def clip() -> FrozenCLIP:
     return FrozenCLIP.build("tiny-prefix", None, arch=ARCH)
 
 
-def _both(clip, ctx, image_features=None):
-    """Class features and their gradient w.r.t. every context parameter, without and with the shared prefix."""
-    out = []
-    for shared in (False, True):
-        clip.shared_prefix_pass = shared
+def _pass(clip, ctx, image_features=None, **settings):
+    """Class features, the gradient of every context parameter and the bytes kept for backward, with the text-pass
+    ``settings`` (``shared_prefix_pass``, ``text_checkpointing``, ``text_chunk``) set on ``clip`` for the call."""
+    previous = {k: getattr(clip, k) for k in settings}
+    for k, v in settings.items():
+        setattr(clip, k, v)
+    try:
         ctx.zero_grad()
-        torch.manual_seed(123)  # stochastic contexts draw the same samples in both passes
-        feats = ctx.text_features(clip, image_features)[0]
+        torch.manual_seed(123)  # stochastic contexts draw the same samples in every pass
+        with _SavedBytes() as saved:
+            feats = ctx.text_features(clip, image_features)[0]
         weights = torch.randn(feats.shape, generator=torch.Generator().manual_seed(1))
         (feats * weights).sum().backward()  # a loss whose gradient is not zero (unit vectors: sum of squares is)
-        out.append((feats.detach(), [p.grad.clone() for p in ctx.parameters() if p.requires_grad]))
-    clip.shared_prefix_pass = False
-    return out
+        return feats.detach(), [p.grad.clone() for p in ctx.parameters() if p.requires_grad], saved.total
+    finally:
+        for k, v in previous.items():
+            setattr(clip, k, v)
+
+
+def _both(clip, ctx, image_features=None):
+    """Class features and their gradients, without and with the shared prefix."""
+    return [_pass(clip, ctx, image_features, shared_prefix_pass=shared)[:2] for shared in (False, True)]
 
 
 @pytest.mark.parametrize("make", [
@@ -91,17 +100,8 @@ def test_shared_prefix_is_used_and_is_cheaper(clip):
 def test_text_checkpointing_changes_no_number_and_keeps_less(clip, shared):
     torch.manual_seed(0)
     ctx = CoOp(clip, TASK, n_ctx=8)
-    clip.shared_prefix_pass = shared
-    results = []
-    for checkpointing in (False, True):
-        clip.text_checkpointing = checkpointing
-        ctx.zero_grad()
-        with _SavedBytes() as saved:
-            feats = ctx.text_features(clip)[0]
-        (feats * torch.randn(feats.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
-        results.append((feats.detach(), ctx.ctx.grad.clone(), saved.total))
-    clip.text_checkpointing = clip.shared_prefix_pass = False
-    (f0, g0, kept0), (f1, g1, kept1) = results
+    (f0, (g0,), kept0), (f1, (g1,), kept1) = (
+        _pass(clip, ctx, shared_prefix_pass=shared, text_checkpointing=on) for on in (False, True))
     assert torch.equal(f0, f1) and torch.equal(g0, g1)
     assert kept1 < 0.5 * kept0
 
@@ -110,17 +110,8 @@ def test_text_checkpointing_changes_no_number_and_keeps_less(clip, shared):
 def test_training_text_pass_in_chunks_of_classes_keeps_one_chunk(clip, shared):
     torch.manual_seed(0)
     ctx = CoOp(clip, TASK, n_ctx=8)
-    clip.shared_prefix_pass = shared
-    results = []
-    for chunk in (0, 4):
-        clip.text_chunk = chunk
-        ctx.zero_grad()
-        with _SavedBytes() as saved:
-            feats = ctx.text_features(clip)[0]
-        (feats * torch.randn(feats.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
-        results.append((feats.detach(), ctx.ctx.grad.clone(), saved.total))
-    clip.text_chunk, clip.shared_prefix_pass = 0, False
-    (f0, g0, kept0), (f1, g1, kept1) = results
+    (f0, (g0,), kept0), (f1, (g1,), kept1) = (
+        _pass(clip, ctx, shared_prefix_pass=shared, text_chunk=chunk) for chunk in (0, 4))
     assert (f0 - f1).abs().max() <= BOUND * f0.abs().max()
     assert (g0 - g1).abs().max() <= 1e-4 * g0.abs().max()
     assert kept1 < 0.2 * kept0  # the chunks' inputs only; each chunk is recomputed in backward
