@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args) -> None:
     from prompt_tuning.config import annotated_yaml, compose_annotated
-    from prompt_tuning.runner import Interrupted, train
+    from prompt_tuning.runner import Interrupted, rank, train
 
     composed = compose_annotated(args.overrides)
     cfg = composed.cfg
@@ -125,6 +125,8 @@ def _train(args) -> None:
         again = " ".join(shlex.quote(a) for a in args.overrides if not a.startswith("resume="))
         raise KeyboardInterrupt(f"interrupted at epoch {e.epoch}/{e.max_epochs}; continue with: "
                                 f"prompt-tuning train {again} resume=true") from None
+    if rank() > 0:  # a further process of a multi-device run: rank 0 reports
+        return
     print(json.dumps(result["metrics"], indent=2))
     print(f"wrote {Path(cfg.output_dir) / 'result.json'}")
 

@@ -353,6 +353,7 @@ RANGES: dict[str, tuple[tuple, Any, str]] = {
     "dataset.n_classes": (_INT, lambda v: v >= 1, "an integer >= 1 (or null)"),
     "trainer.check_val_every_n_epoch": (_INT, lambda v: v >= 1, "an integer >= 1 (or null: no validation)"),
     "trainer.log_every_n_steps": (_INT, lambda v: v >= 1, "an integer >= 1"),
+    "trainer.devices": (_INT, lambda v: v >= 1, "an integer >= 1 (processes, one per GPU)"),
     "runtime.num_workers": (_INT, lambda v: v >= 0, "an integer >= 0"),
     "runtime.text_chunk": (_INT, lambda v: v >= 0, "an integer >= 0 (0: no chunks)"),
 }

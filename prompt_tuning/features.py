@@ -36,6 +36,7 @@ from prompt_tuning.data.datamodule import ViewDataset
 from prompt_tuning.data.datasets import Item
 from prompt_tuning.errors import UserError
 from prompt_tuning.files import atomic_path
+from prompt_tuning.locks import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,21 @@ class FeatureCache:
             self.hits += 1
             log.info("feature cache: reused %s (%s)", key[:8], what)
             return cached.float()
-        self.misses += 1
-        features = encode_items(clip, items, transform, self.batch_size, seed=view_seed_of(seed, view),
-                                desc=f"image features (view {view})" if view else "image features",
-                                progress=self.progress)
-        self._write(path, features.to(self.dtype))
+        lock = RunLock(path.parent, f"{key}.building")  # one process builds an entry, the others wait for it
+        lock.wait(f"building feature cache entry {key[:8]}")
+        try:
+            cached = self._read(path, len(items), clip.embed_dim)  # built while this process waited
+            if cached is not None:
+                self.hits += 1
+                log.info("feature cache: reused %s (%s), built by another process", key[:8], what)
+                return cached.float()
+            self.misses += 1
+            features = encode_items(clip, items, transform, self.batch_size, seed=view_seed_of(seed, view),
+                                    desc=f"image features (view {view})" if view else "image features",
+                                    progress=self.progress)
+            self._write(path, features.to(self.dtype))
+        finally:
+            lock.release()
         log.info("feature cache: built %s (%s) in %s", key[:8], what, self.root)
         return features.to(self.dtype).float()
 

@@ -1,7 +1,9 @@
 """Gradient rules: how the gradients of an objective's loss terms combine into the applied update.
 
-A rule is called with the loss terms and the trainable parameters and must set ``p.grad``; the module then
-steps the optimiser. Without a rule the terms are summed and back-propagated as usual.
+A rule is called with the loss terms, the trainable parameters and ``average`` and must set ``p.grad``; the
+module then steps the optimiser. ``average(grads)`` is the mean of a list of gradients over the processes of a
+multi-device run (identity in one process): a rule averages each gradient it computes before combining them, so
+that it combines the gradients of the global batch. Without a rule the terms are summed and back-propagated as usual.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ class ProGrad:
         self.guide = guide
         self.lam = lam
 
-    def __call__(self, terms: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> None:
+    def __call__(self, terms: dict[str, torch.Tensor], params: list[torch.nn.Parameter],
+                 average=list) -> None:
         if self.guide not in terms:
             raise KeyError(f"ProGrad guides with loss term {self.guide!r}, the objective gave {sorted(terms)}")
         main = sum(v for k, v in terms.items() if k != self.guide)
         g_guide = torch.autograd.grad(terms[self.guide], params, retain_graph=True, allow_unused=True)
         g_main = torch.autograd.grad(main, params, allow_unused=True)
+        g_guide, g_main = average(g_guide), average(g_main)
         for p, g, k in zip(params, g_main, g_guide):
             p.grad = g if k is None or g is None else project(g, k, self.lam)
 

@@ -2,20 +2,44 @@
 
 The lock is created with ``O_CREAT | O_EXCL`` (atomic on local and NFS v3+ file systems) and holds the owner's
 host and pid. A lock whose owner is on this host and no longer alive is stale and is taken over; a lock held by
-another host is respected (its liveness cannot be checked from here) until it is removed by hand.
+another host is respected (its liveness cannot be checked from here) until it is removed by hand, unless it was
+taken inside a SLURM job that the queue (``squeue``) no longer holds.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 from prompt_tuning.errors import UserError
 
 LOCK_FILE = ".lock"
+log = logging.getLogger(__name__)
+
+
+def slurm_job() -> str | None:
+    """This process's SLURM job (``JOBID`` or ``ARRAYJOBID_TASK``), or None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+def job_queued(job: str) -> bool | None:
+    """Whether SLURM still holds ``job`` (pending or running); None when it cannot be asked here."""
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:  # an unknown (long finished) job id is an error to squeue
+        return False if "Invalid job id" in out.stderr else None
+    return bool(out.stdout.strip())
 
 
 def _alive(pid: int) -> bool:
@@ -32,9 +56,11 @@ class RunLock:
     """``with RunLock(run_dir): ...`` holds the run for this process; raises `UserError` if another live
     process holds it."""
 
-    def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / LOCK_FILE
+    def __init__(self, run_dir: str | os.PathLike, file: str = LOCK_FILE):
+        self.path = Path(run_dir) / file
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        if slurm_job():
+            self.owner["job"] = slurm_job()
         self.created: list[Path] = []  # folders acquire() made, removed again on release if still empty
 
     def holder(self) -> dict | None:
@@ -47,7 +73,23 @@ class RunLock:
             return {"host": "?", "pid": -1, "damaged": True}
         if info.get("host") == self.owner["host"] and not _alive(int(info.get("pid", -1))):
             return None
+        if info.get("host") != self.owner["host"] and info.get("job") and job_queued(info["job"]) is False:
+            return None  # its SLURM job has ended (cancelled, timed out, node lost)
         return info
+
+    def wait(self, what: str, poll: float = 0.5) -> None:
+        """Take the lock, waiting while another live process holds it (that process is doing ``what``)."""
+        said = False
+        while True:
+            try:
+                self.acquire()
+                return
+            except UserError:
+                if not said:
+                    holder = self.holder() or {}
+                    log.info("waiting for pid %s on %s, %s", holder.get("pid"), holder.get("host"), what)
+                    said = True
+                time.sleep(poll)
 
     def acquire(self) -> None:
         try:

@@ -38,8 +38,9 @@ class PromptTuner(pl.LightningModule):
         context: the prompt method.
         task: class names and template of the current class set.
         objective: maps `Outputs` and labels to named loss terms; cross-entropy by default.
-        gradient_rule: optional ``rule(terms, params)`` that sets the gradients (e.g. `ProGrad`); training then
-            uses Lightning's manual optimisation.
+        gradient_rule: optional ``rule(terms, params, average)`` that sets the gradients (e.g. `ProGrad`);
+            training then uses Lightning's manual optimisation. ``average(grads)`` averages a list of gradients
+            over the training processes (DDP); a rule applies it to each gradient it computes.
         lr, momentum, weight_decay: SGD settings (CoOp: 0.002, 0.9, 5e-4).
         max_epochs: length of the cosine schedule.
         warmup_epochs, warmup_lr: constant warm-up (CoOp: 1 epoch at 1e-5).
@@ -163,15 +164,40 @@ class PromptTuner(pl.LightningModule):
             outputs.frozen_image_features = self.frozen_image_features(batch, image_features)
         return outputs
 
+    @property
+    def world_size(self) -> int:
+        """Processes training together (Lightning DDP); 1 without a distributed trainer."""
+        return self._trainer.world_size if self._trainer is not None else 1
+
+    def _share(self, n: int) -> float:
+        """``n * world / global batch``: scaling each process's mean loss by its share of the global batch makes
+        the gradient averaged over processes the gradient of the global batch's mean (exact for the losses
+        here: means over images plus terms that do not depend on them), even for an uneven last batch."""
+        total = self.trainer.strategy.reduce(torch.tensor(float(n), device=self.device), reduce_op="sum")
+        return n * self.world_size / float(total)
+
+    def average_gradients(self, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """The mean of each gradient over the training processes (unchanged in a single process); for gradient
+        rules, which combine the gradients of several terms themselves."""
+        if self.world_size == 1:
+            return list(grads)
+        return [g if g is None else self.trainer.strategy.reduce(g, reduce_op="mean") for g in grads]
+
+    def on_train_start(self) -> None:
+        if self.gradient_rule is not None and self.world_size > 1:  # the rule averages its own gradients
+            self.trainer.strategy.model.require_backward_grad_sync = False
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         labels = batch["label"]
         outputs = self.training_outputs(batch)
         terms = self.loss_terms(outputs, labels)
         loss = sum(terms.values())
+        share = self._share(len(labels)) if self.world_size > 1 else 1.0
         if self.gradient_rule is not None:
             optimizer = self.optimizers()
             optimizer.zero_grad()
-            self.gradient_rule(terms, self.trainable_parameters())
+            scaled = terms if share == 1.0 else {k: v * share for k, v in terms.items()}
+            self.gradient_rule(scaled, self.trainable_parameters(), average=self.average_gradients)
             optimizer.step()
         n = len(labels)
         acc = (self.predict_proba(outputs.logits).argmax(-1) == labels).float().mean()
@@ -179,7 +205,7 @@ class PromptTuner(pl.LightningModule):
         self.log("train/acc", acc, prog_bar=True, batch_size=n)
         if len(terms) > 1:
             self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=n)
-        return loss
+        return loss if share == 1.0 else loss * share
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if not self.automatic_optimization and self.interval == "step":  # manual optimisation steps its schedule

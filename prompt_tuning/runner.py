@@ -58,6 +58,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*No pretrained weights loaded.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own deprecation, not the user's concern
     warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # expected when resuming
+    warnings.filterwarnings("ignore", ".*The `srun` command is available.*")  # a sweep task runs its run itself
 
 
 def build(cfg: DictConfig) -> Setup:
@@ -272,7 +273,9 @@ def make_trainer(cfg: DictConfig, run_dir: Path | None, max_epochs: int) -> pl.T
     return pl.Trainer(
         max_epochs=max_epochs,
         accelerator=cfg.trainer.accelerator,
-        devices=1,
+        devices=int(cfg.trainer.devices),
+        strategy=_strategy(cfg),
+        use_distributed_sampler=False,  # the data module splits the reference batches itself
         precision=resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator)),
         deterministic=True,
         logger=make_loggers(cfg, run_dir) if run_dir is not None else False,
@@ -285,6 +288,35 @@ def make_trainer(cfg: DictConfig, run_dir: Path | None, max_epochs: int) -> pl.T
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
     )
+
+
+def _strategy(cfg: DictConfig):
+    """Lightning's strategy of ``trainer.strategy`` (``ddp``: Lightning's DDP; the data module splits the
+    reference batches itself, `ReferenceBatches`)."""
+    name = str(cfg.trainer.strategy)
+    if int(cfg.trainer.devices) == 1 and name in ("auto", "ddp"):
+        return "auto"
+    if name in ("ddp", "auto"):
+        from pytorch_lightning.strategies import DDPStrategy
+
+        return DDPStrategy()
+    return name
+
+
+def rank() -> int:
+    """This process's rank in a multi-device run (Lightning's children and SLURM tasks say so in their
+    environment); 0 otherwise. Only rank 0 locks the run folder, writes files and prints."""
+    from lightning_fabric.utilities.rank_zero import _get_rank
+
+    return _get_rank() or 0
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """A multi-device run's batch must split evenly over its devices (checked before anything is written)."""
+    devices = int(cfg.trainer.devices)
+    if devices > 1 and cfg.data.batch_size % devices:
+        raise UserError(f"data.batch_size={cfg.data.batch_size} cannot be split over trainer.devices={devices}: "
+                        f"each device takes batch_size / devices images; choose a multiple of {devices}")
 
 
 def fit(setup: Setup) -> None:
@@ -329,6 +361,10 @@ def train(cfg: DictConfig, sources: dict[str, str] | None = None) -> dict:
     """
     run_dir = Path(cfg.output_dir)
     config_hash = run_hash(cfg)
+    check_devices(cfg)
+    if rank() > 0:  # a further process of a multi-device run: rank 0 holds the lock, writes the files, reports
+        logging.getLogger("prompt_tuning").setLevel(logging.WARNING)
+        return _train(cfg, run_dir, config_hash, sources or {}, writes=False)
     with RunLock(run_dir):
         finished = read_result(run_dir)
         if finished is not None and finished.get("config_hash") != config_hash and not cfg.overwrite:
@@ -363,7 +399,7 @@ def saved_hash(run_dir: Path) -> str | None:
     return first.removeprefix("# run hash: ") if first.startswith("# run hash: ") else None
 
 
-def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, str]) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, str], writes: bool = True) -> dict:
     quiet_lightning()
     start = time.time()
     previous_hash = saved_hash(run_dir)
@@ -385,12 +421,13 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
         load_checkpoint(last)  # tensors only, or a one-line refusal (Lightning then loads it the same way)
     # setup succeeded: from here on the folder belongs to this configuration
     finished = read_result(run_dir)
-    if finished is not None and finished.get("config_hash") != config_hash:  # overwrite=true
+    if writes and finished is not None and finished.get("config_hash") != config_hash:  # overwrite=true
         (run_dir / RESULT_FILE).unlink()
-    if not resuming:
+    if writes and not resuming:
         for stale in (run_dir / CKPT_DIR).glob("*.ckpt"):  # a fresh run never continues old weights
             stale.unlink()
-    write_atomic(run_dir / CONFIG_FILE, f"# run hash: {config_hash}\n" + annotated_yaml(cfg, sources))
+    if writes:
+        write_atomic(run_dir / CONFIG_FILE, f"# run hash: {config_hash}\n" + annotated_yaml(cfg, sources))
     trainer = make_trainer(cfg, run_dir, max_epochs)
     for logger in trainer.loggers:
         logger.log_hyperparams(hyperparameters(cfg, config_hash))
@@ -420,7 +457,8 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
         "wall_time_s": round(time.time() - start, 2),
         "versions": versions(),
     }
-    write_json(run_dir / RESULT_FILE, result)
+    if writes:
+        write_json(run_dir / RESULT_FILE, result)
     return result
 
 

@@ -84,6 +84,84 @@ class EpochShuffle(Sampler):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of every random draw made while loading training image ``index`` in ``epoch``."""
+    return ((seed * 100_003 + epoch) * 1_000_003 + index) % (2**63)
+
+
+class ReferenceBatches(Sampler):
+    """Training batches of one process: the `EpochShuffle` order cut into global batches of ``batch_size``
+    (the reference order of a single-process run), of which process ``rank`` of ``world`` takes its slice.
+
+    Each element is ``(index, seed)``: the image and the seed of its random draws (`SeededSamples`), which
+    depend on the epoch and the image alone. So the images, their augmentations and each global batch are the
+    same on any number of processes, and the processes leave the global random generator untouched.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool = True, rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise UserError(f"data.batch_size={batch_size} cannot be split over {world} devices: each takes "
+                            f"batch_size / {world} images; choose a multiple of {world}")
+        self.order = EpochShuffle(n, seed)
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.drop_last = drop_last and n >= batch_size
+        self.rank, self.world = rank, world
+        last = self.global_sizes()[-1] if self.global_sizes() else world
+        if last < world:
+            raise UserError(f"the last training batch holds {last} image(s), fewer than the {world} devices: set "
+                            "data.drop_last=true or choose data.batch_size so that the last batch can be split")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    def global_sizes(self) -> list[int]:
+        """The size of each global batch of an epoch."""
+        full, rest = divmod(self.n, self.batch_size)
+        return [self.batch_size] * full + ([rest] if rest and not self.drop_last else [])
+
+    def __len__(self) -> int:
+        return len(self.global_sizes())
+
+    def __iter__(self):
+        order, epoch, start = list(self.order), self.order.epoch, 0
+        for size in self.global_sizes():
+            batch = order[start:start + size]
+            start += size
+            cut = [size * r // self.world for r in range(self.world + 1)]  # an uneven last batch: near-equal
+            yield [(i, sample_seed(self.seed, epoch, i)) for i in batch[cut[self.rank]:cut[self.rank + 1]]]
+
+
+class SeededSamples(Dataset):
+    """A training dataset read with `ReferenceBatches`' ``(index, seed)`` keys: each sample's random draws
+    (crop, flip, the choice of a cached view) come from its own seed, under a forked generator."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class Shard(Sampler):
+    """Evaluation images of process ``rank`` of ``world``: every ``world``-th image, none repeated (the
+    metrics sum their counts over processes, so the accuracy is that of the whole set)."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.n, self.rank, self.world = n, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world))
+
+
 class PromptDataModule(pl.LightningDataModule):
     """Train / val / test loaders over ready datasets (images, or cached features).
 
@@ -115,17 +193,21 @@ class PromptDataModule(pl.LightningDataModule):
         self.seed = seed
         self.drop_last = drop_last
 
+    def _processes(self) -> tuple[int, int]:
+        """(rank, world size) of this process (one process without a distributed trainer)."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None or len(dataset) == 0:
             raise UserError("an empty split cannot be loaded; check the dataset and protocol")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=EpochShuffle(len(dataset), self.seed) if train else None,
-            drop_last=train and self.drop_last and len(dataset) >= self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        rank, world = self._processes()
+        common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if train:
+            batches = ReferenceBatches(len(dataset), self.batch_size, self.seed, self.drop_last, rank, world)
+            return DataLoader(SeededSamples(dataset), batch_sampler=batches, **common)
+        return DataLoader(dataset, batch_size=self.eval_batch_size,
+                          sampler=Shard(len(dataset), rank, world) if world > 1 else None, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
