@@ -72,7 +72,7 @@ class FeatureCache:
             "transform": repr(transform),
             "view": view,
             "seed": seed if view else None,  # view 0 is the deterministic evaluation transform
-            "view_seeding": "per-image" if view else None,  # data.datamodule.view_seed
+            "view_seeding": "per-image, mixed" if view else None,  # data.datamodule.view_seed
             "images": images_digest(items),
         }, sort_keys=True)
         return hashlib.sha256(ident.encode()).hexdigest()[:24]

@@ -417,8 +417,9 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
     if resuming and previous_hash != config_hash:
         raise UserError(f"cannot resume from {last}: it was written by another configuration "
                         f"(run hash {previous_hash}, this one {config_hash}); drop resume=true to start over")
-    if resuming:
-        load_checkpoint(last)  # tensors only, or a one-line refusal (Lightning then loads it the same way)
+    resumed_from = None
+    if resuming:  # tensors only, or a one-line refusal (Lightning then loads it the same way)
+        resumed_from = int(load_checkpoint(last).get("epoch", -1)) + 1
     # setup succeeded: from here on the folder belongs to this configuration
     finished = read_result(run_dir)
     if writes and finished is not None and finished.get("config_hash") != config_hash:  # overwrite=true
@@ -455,6 +456,7 @@ def _train(cfg: DictConfig, run_dir: Path, config_hash: str, sources: dict[str, 
         "epochs": max_epochs if setup.module.trainable else 0,
         "metrics": metrics,
         "wall_time_s": round(time.time() - start, 2),
+        **({"resumed_at_epoch": resumed_from} if resumed_from is not None else {}),  # epochs done before
         "versions": versions(),
     }
     if writes:

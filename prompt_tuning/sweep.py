@@ -12,9 +12,13 @@ An experiment file::
     published: {...}                    # numbers to compare with, read by `prompt-tuning table`
     display: {coop: CoOp, "coop[n_ctx=4]": CoOp-4}   # names in plots (default: the papers' spelling)
 
-A run whose ``result.json`` carries the same config hash is skipped, so a killed sweep resumes where it stopped;
-a run another process is training (locked) is left to it. Grid values other than method, dataset, seed and
-``protocol.shots`` are recorded as ``tags`` in each result (they distinguish ablation variants in tables).
+A run whose ``result.json`` carries the same config hash is skipped, so a killed sweep resumes where it stopped
+(a run that had begun continues from its last checkpoint); a run another process is training (locked) is left
+to it. ``--launcher local --jobs N`` runs N runs at a time, ``--launcher slurm`` submits them as a SLURM job array
+(`prompt_tuning.launchers`); ``--status`` shows each run: done, running, failed (with its error) or missing.
+
+Grid values other than method, dataset, seed and ``protocol.shots`` are recorded as ``tags`` in each result (they
+distinguish ablation variants in tables).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class Run:
     choice: dict[str, object]  # grid key -> value
     args: list[str]  # the full train arguments
     output_dir: Path
+    index: int = 0  # position in the experiment's full grid (a launcher's task recomposes run `index`)
+    cfg: object = None  # the composed config, once composed
 
     def describe(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.choice.items())
@@ -83,7 +89,7 @@ def expand(exp: dict, only: list[str] = ()) -> list[Run]:
                 raise UserError(f"--only {key}={','.join(unknown)} matches nothing: the grid's {key} values are "
                                 f"{', '.join(map(str, grid[key]))}")
     runs = []
-    for combo in itertools.product(*grid.values()):
+    for index, combo in enumerate(itertools.product(*grid.values())):
         choice = dict(zip(grid, combo))
         if any(str(choice[k]) not in v for k, v in filters.items()):
             continue
@@ -94,7 +100,7 @@ def expand(exp: dict, only: list[str] = ()) -> list[Run]:
                 *(f"tags.{k}={v}" for k, v in tags.items()), f"runtime.experiment={exp['name']}"]
         out = (f"{exp['output']}/${{dataset.name}}/${{method.name}}/{variant}/shots_${{protocol.shots}}/"
                f"seed_${{seed}}")
-        runs.append(Run(choice, [*args, f"output_dir={out}"], Path()))
+        runs.append(Run(choice, [*args, f"output_dir={out}"], Path(), index))
     return runs
 
 
@@ -118,16 +124,47 @@ def expected_runs(exp: dict) -> dict | None:
 
 def status(cfg) -> str:
     """``done`` (result with the same hash), ``running`` (locked by a live process), ``changed`` (a finished
-    result of another configuration: replaced only with ``--overwrite``), or ``todo``."""
+    result of another configuration: replaced only with ``--overwrite``), or ``todo`` (a failed run too)."""
+    state = state_of(cfg)[0]
+    return "todo" if state == "failed" else state
+
+
+def state_of(cfg) -> tuple[str, str]:
+    """`status` with a detail: who holds a running run, the error of a failed one (``failed`` is ``todo``
+    whose last attempt left an ``error.json``)."""
+    from prompt_tuning.launchers import read_error
+
     out = Path(cfg.output_dir)
     result = read_result(out)
     if result is not None and result.get("config_hash") == run_hash(cfg):
-        return "done"
-    if RunLock(out).holder() is not None:
-        return "running"
+        return "done", ""
+    holder = RunLock(out).holder()
+    if holder is not None:
+        since = holder.get("since")
+        return "running", (f"pid {holder.get('pid')} on {holder.get('host')}"
+                           + (f", SLURM job {holder['job']}" if holder.get("job") else "")
+                           + (f", for {(time.time() - since) / 60:.0f} min" if since else ""))
     if result is not None and not cfg.overwrite:
-        return "changed"
-    return "todo"
+        return "changed", ""
+    error = read_error(out)
+    if error is not None:
+        return "failed", error.get("error", "")
+    return "todo", ""
+
+
+def compose_run(run: Run, progress: bool = False, overwrite: bool = False) -> Composed:
+    """The composed config of a sweep run. It resumes from the run folder's last checkpoint when that was
+    written by the same configuration (a killed or cancelled run continues where it stopped)."""
+    from prompt_tuning.runner import saved_hash
+
+    c = compose_annotated([*run.args, f"runtime.progress={str(progress).lower()}",
+                           f"overwrite={str(overwrite).lower()}"])
+    run.output_dir = Path(c.cfg.output_dir)
+    run.cfg = c.cfg
+    saved = saved_hash(run.output_dir)
+    if saved is not None and saved == run_hash(c.cfg):
+        c.cfg.resume = True
+    return c
 
 
 def recipe_note(composed: Composed) -> str:
@@ -139,24 +176,26 @@ def recipe_note(composed: Composed) -> str:
 
 
 def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progress: bool = False,
-          log=print, overwrite: bool = False, overrides: list[str] = ()) -> dict[str, int]:
+          log=print, overwrite: bool = False, overrides: list[str] = (), launcher=None) -> dict[str, int]:
     """Run the missing runs of an experiment; returns counts of done / ran / failed / running / blocked.
 
     ``overrides`` (``key=value``, as for ``train``) apply to every run, after the experiment's own arguments.
+    ``launcher``: None runs them here one after another; a `prompt_tuning.launchers.Local` or ``Slurm`` runs
+    them in processes of their own or as a SLURM job array.
     """
-    from prompt_tuning.runner import Interrupted, train
+    from prompt_tuning.launchers import run_one
+    from prompt_tuning.runner import Interrupted
 
     exp = load_experiment(path)
     exp["args"] = [*exp["args"], *overrides]
     runs = expand(exp, only)
-    composed = []
-    for run in runs:
-        c = compose_annotated([*run.args, f"runtime.progress={str(progress).lower()}",
-                               f"overwrite={str(overwrite).lower()}"])
-        run.output_dir = Path(c.cfg.output_dir)
-        composed.append(c)
+    composed = [compose_run(run, progress, overwrite) for run in runs]
     cfgs = [c.cfg for c in composed]
-    states = [status(cfg) for cfg in cfgs]
+    if launcher is None and any(int(cfg.trainer.devices) > 1 for cfg in cfgs):
+        from prompt_tuning.launchers import Local
+
+        launcher = Local(jobs=1)  # a multi-device run starts its own processes: each run in a process of its own
+    states = [status(cfg) for cfg in cfgs]  # a failed run is to do again
     checks = survey(cfgs)
     problems = checks.problems
     states = ["blocked" if s == "todo" and problems.get(i) else s for i, s in enumerate(states)]
@@ -183,6 +222,25 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
     write_atomic(Path(exp["output"]) / "experiment.yaml", text)
     started = time.time()
     failures = [(runs[i].describe(), problems[i]) for i, s in enumerate(states) if s == "blocked"]
+    if launcher is not None:
+        todo_runs = [runs[i] for i in todo]
+        if todo_runs:
+            outcome = launcher.run(str(Path(path).resolve()), list(overrides), todo_runs, Path(exp["output"]),
+                                   log, exp["name"])
+            if outcome is None:  # submitted, not waited for
+                counts["submitted"] = len(todo_runs)
+                return counts
+            for run in todo_runs:
+                error = outcome[run.index]
+                state = status(run.cfg)
+                if error is None and state == "done":
+                    counts["ran"] += 1
+                elif error is None:
+                    counts["running"] += 1
+                else:
+                    counts["failed"] += 1
+                    failures.append((run.describe(), error))
+        todo = []
     for n, i in enumerate(todo, 1):
         run, cfg = runs[i], cfgs[i]
         if status(cfg) != "todo":  # another sweep got there meanwhile
@@ -190,13 +248,13 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
         eta = (time.time() - started) / (n - 1) * (len(todo) - n + 1) if n > 1 else None
         log(f"[{n}/{len(todo)}] {run.describe()}" + (f"  (ETA {eta / 60:.1f} min)" if eta is not None else ""))
         try:
-            result = train(cfg, composed[i].sources)
+            result = run_one(cfg, composed[i].sources)
             counts["ran"] += 1
             log(f"    {', '.join(f'{k}={v:.2f}' for k, v in result['metrics'].items() if 'macro' not in k)}")
         except Interrupted as e:
             again = " ".join([str(path), *overrides, *(f"--only {o}" for o in only)])
             raise KeyboardInterrupt(f"{e} of {run.describe()}; continue with: prompt-tuning sweep {again} "
-                                    "(finished runs are skipped)") from None
+                                    "(finished runs are skipped, begun ones continue from their last epoch)") from None
         except UserError as e:
             if "is being trained by pid" in str(e):
                 counts["running"] += 1
@@ -207,11 +265,31 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
     log(f"done: {counts['ran']} ran, {counts['done']} were done, {counts['failed']} failed, "
         f"{counts['blocked']} blocked, {counts['running']} running elsewhere"
         + (f", {counts['changed']} kept under another configuration" if counts["changed"] else "")
-        + f"; results under {exp['output']}")
+        + f"; results under {exp['output']} ({(time.time() - started) / 60:.1f} min)")
     if failures:
         log(f"not run ({len(failures)}):")
         for describe, why in failures:
             log(f"  {describe}: {why}")
+    return counts
+
+
+def report(path: str | Path, only: list[str] = (), overrides: list[str] = (), log=print) -> dict[str, int]:
+    """``--status``: each run's state (done, running with its lock holder, failed with its error, missing;
+    changed for a folder holding another configuration's result), then the counts."""
+    exp = load_experiment(path)
+    exp["args"] = [*exp["args"], *overrides]
+    runs = expand(exp, only)
+    counts = dict.fromkeys(("done", "running", "failed", "missing", "changed"), 0)
+    lines = []
+    for run in runs:
+        state, detail = state_of(compose_run(run).cfg)
+        state = "missing" if state == "todo" else state
+        counts[state] += 1
+        lines.append(f"  [{state:7s}] {run.describe()}" + (f"  ({detail})" if detail else "")
+                     + ("" if state == "done" else f"  ->  {run.output_dir}"))
+    log(f"experiment {exp['name']}: {len(runs)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    for line in lines:
+        log(line)
     return counts
 
 
@@ -328,13 +406,48 @@ def parser():
     p.add_argument("--progress", action="store_true", help="progress bars inside each run")
     p.add_argument("--overwrite", action="store_true",
                    help="rerun runs whose folder holds a finished result of another configuration")
+    p.add_argument("--status", action="store_true",
+                   help="show each run: done, running (lock holder, host, job), failed (its error) or missing")
+    g = p.add_argument_group("launchers")
+    g.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help="local: on this machine; slurm: one SLURM job array (submitit), a task per run")
+    g.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="local: runs at a time, each in its own process (one GPU each where there are GPUs)")
+    g.add_argument("--partition", help="slurm: the partition")
+    g.add_argument("--gpus-per-run", type=int, default=1, metavar="N", help="slurm: GPUs of each task (0: none)")
+    g.add_argument("--cpus-per-run", type=int, default=8, metavar="N", help="slurm: CPUs of each task")
+    g.add_argument("--time", default="4:00:00", help="slurm: time limit of each task ([D-]HH:MM:SS or minutes)")
+    g.add_argument("--max-parallel", type=int, default=20, metavar="N", help="slurm: tasks running at a time")
+    g.add_argument("--no-wait", action="store_true",
+                   help="slurm: return once submitted (follow with --status) instead of waiting for the tasks")
     return p
+
+
+def make_launcher(args):
+    """The launcher of the command line's options (None: runs one after another in this process)."""
+    from prompt_tuning.launchers import Local, Slurm
+
+    if args.launcher == "slurm":
+        for name in ("cpus_per_run", "max_parallel"):
+            if getattr(args, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+        if args.gpus_per_run < 0:
+            raise UserError("--gpus-per-run must be >= 0")
+        return Slurm(args.partition, args.gpus_per_run, args.cpus_per_run, args.time, args.max_parallel,
+                     wait=not args.no_wait)
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give 1 or more")
+    return Local(jobs=args.jobs) if args.jobs > 1 else None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
-    counts = sweep(args.experiment, args.only, args.dry_run, args.progress,
-                   log=lambda m: print(m, flush=True), overwrite=args.overwrite, overrides=args.overrides)
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    if args.status:
+        counts = report(args.experiment, args.only, args.overrides, log=say)
+        return 1 if counts["failed"] else 0
+    counts = sweep(args.experiment, args.only, args.dry_run, args.progress, log=say, overwrite=args.overwrite,
+                   overrides=args.overrides, launcher=None if args.dry_run else make_launcher(args))
     return 1 if counts["failed"] or (counts["blocked"] and not args.dry_run) else 0
 
 

@@ -33,9 +33,21 @@ class ImageDataset(Dataset):
         return {"image": self.transform(image), "label": item.label}
 
 
+def mix(*values: int) -> int:
+    """A 63-bit seed from integers, scrambled (splitmix64): neighbouring images or epochs get unrelated seeds
+    (torch's generator seeded with consecutive integers starts with correlated draws)."""
+    z = 0
+    for v in values:
+        z = (z + 0x9E3779B97F4A7C15 + v) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        z ^= z >> 31
+    return z >> 1
+
+
 def view_seed(seed: int, index: int) -> int:
     """The seed of image ``index``'s augmentation in a view drawn with ``seed`` (independent of batching)."""
-    return (seed * 1_000_003 + index) % (2**63)
+    return mix(seed, index)
 
 
 class ViewDataset(ImageDataset):
@@ -86,7 +98,7 @@ class EpochShuffle(Sampler):
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of every random draw made while loading training image ``index`` in ``epoch``."""
-    return ((seed * 100_003 + epoch) * 1_000_003 + index) % (2**63)
+    return mix(seed, epoch, index)
 
 
 class ReferenceBatches(Sampler):
