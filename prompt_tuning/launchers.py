@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -286,14 +287,19 @@ class Slurm:
     poll: float = 2.0
     extra: dict = field(default_factory=dict)
 
-    def executor(self, folder: Path, name: str, devices: int = 1):
+    def __post_init__(self) -> None:  # before the sweep writes anything
         try:
-            import submitit
+            import submitit  # noqa: F401
         except ImportError as e:
             raise UserError("--launcher slurm needs submitit: pip install submitit") from e
-        if not os.environ.get("SLURM_CONF") and not Path("/etc/slurm/slurm.conf").is_file():
-            raise UserError("--launcher slurm: no SLURM here (no SLURM_CONF, no /etc/slurm/slurm.conf); run the "
-                            "sweep from a login node of the cluster")
+        if shutil.which("sbatch") is None or (not os.environ.get("SLURM_CONF")
+                                              and not Path("/etc/slurm/slurm.conf").is_file()):
+            raise UserError("--launcher slurm: no SLURM here (no sbatch, or neither SLURM_CONF nor "
+                            "/etc/slurm/slurm.conf); run the sweep from a login node of the cluster")
+
+    def executor(self, folder: Path, name: str, devices: int = 1):
+        import submitit
+
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         # a run on several devices (trainer.devices) is one task per device, which Lightning finds in SLURM's
         # environment; one device: one task
@@ -393,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if result is not None:
+    from prompt_tuning.runner import rank
+
+    if result is not None and rank() == 0:
         print(json.dumps(result["metrics"]))
     return 0
 

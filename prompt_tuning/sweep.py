@@ -158,7 +158,7 @@ def compose_run(run: Run, progress: bool = False, overwrite: bool = False) -> Co
     from prompt_tuning.runner import saved_hash
 
     c = compose_annotated([*run.args, f"runtime.progress={str(progress).lower()}",
-                           f"overwrite={str(overwrite).lower()}"])
+                           *(["overwrite=true"] if overwrite else [])])
     run.output_dir = Path(c.cfg.output_dir)
     run.cfg = c.cfg
     saved = saved_hash(run.output_dir)
@@ -225,8 +225,9 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
     if launcher is not None:
         todo_runs = [runs[i] for i in todo]
         if todo_runs:
-            outcome = launcher.run(str(Path(path).resolve()), list(overrides), todo_runs, Path(exp["output"]),
-                                   log, exp["name"])
+            passed = [*overrides, *(["overwrite=true"] if overwrite else [])]  # each task composes its run again
+            outcome = launcher.run(str(Path(path).resolve()), passed, todo_runs, Path(exp["output"]), log,
+                                   exp["name"])
             if outcome is None:  # submitted, not waited for
                 counts["submitted"] = len(todo_runs)
                 return counts
@@ -265,12 +266,16 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
     log(f"done: {counts['ran']} ran, {counts['done']} were done, {counts['failed']} failed, "
         f"{counts['blocked']} blocked, {counts['running']} running elsewhere"
         + (f", {counts['changed']} kept under another configuration" if counts["changed"] else "")
-        + f"; results under {exp['output']} ({(time.time() - started) / 60:.1f} min)")
+        + f"; results under {exp['output']} ({_duration(time.time() - started)})")
     if failures:
         log(f"not run ({len(failures)}):")
         for describe, why in failures:
             log(f"  {describe}: {why}")
     return counts
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def report(path: str | Path, only: list[str] = (), overrides: list[str] = (), log=print) -> dict[str, int]:

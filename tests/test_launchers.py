@@ -33,6 +33,14 @@ def _experiment(tmp_path, shapes_dir, name, grid, args=()):
     return exp
 
 
+def _two_experiments(tmp_path, shapes_dir, grid, args=()):
+    """The same grid as two experiments with their own output folders: one to run here, one elsewhere."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    return (_experiment(tmp_path / "a", shapes_dir, "here", dict(grid), args),
+            _experiment(tmp_path / "b", shapes_dir, "there", dict(grid), args))
+
+
 def _metrics(folder: Path) -> dict:
     return {str(p.parent.relative_to(folder)): json.loads(p.read_text())["metrics"]
             for p in folder.rglob("result.json")}
@@ -75,19 +83,16 @@ def test_status_shows_done_running_failed_and_missing(tmp_path, shapes_dir, caps
 
 def test_local_jobs_run_in_parallel_processes_with_the_numbers_of_one_process(tmp_path, shapes_dir, capsys):
     grid = {"method": ["zeroshot", "coop_csc", "broken"], "protocol.shots": [1, 2]}
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    one = _experiment(tmp_path / "a", shapes_dir, "one", dict(grid))
-    two = _experiment(tmp_path / "b", shapes_dir, "two", dict(grid))
+    one, two = _two_experiments(tmp_path, shapes_dir, grid)
     assert main(["sweep", str(one)]) == 1
     capsys.readouterr()
     assert main(["sweep", str(two), "--launcher", "local", "--jobs", "2"]) == 1  # the broken runs fail
     out = capsys.readouterr().out
     assert "done: 4 ran, 0 were done, 2 failed" in out
     assert out.count("FAILED: n_ctx=-3: a context needs at least one vector") == 2
-    a, b = _metrics(tmp_path / "a" / "one"), _metrics(tmp_path / "b" / "two")
+    a, b = _metrics(tmp_path / "a" / "here"), _metrics(tmp_path / "b" / "there")
     assert len(a) == 4 and a == b
-    assert len(list((tmp_path / "b" / "two" / ".logs").glob("*.log"))) == 6
+    assert len(list((tmp_path / "b" / "there" / ".logs").glob("*.log"))) == 6
     # the second sweep has nothing left but the failed runs, which it tries again
     assert main(["sweep", str(two), "--launcher", "local", "--jobs", "2"]) == 1
     assert "4 done, 2 to run" in capsys.readouterr().out
@@ -122,33 +127,27 @@ SLURM_ARGS = ["--launcher", "slurm", "--gpus-per-run", "0", "--cpus-per-run", "1
 @pytest.mark.slow
 def test_slurm_sweep_gives_the_local_results_and_a_failing_run_stops_nothing(tmp_path, shapes_dir, slurm, capsys):
     grid = {"method": ["coop_csc", "broken"], "protocol.shots": [1, 2]}
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    local = _experiment(tmp_path / "a", shapes_dir, "local", dict(grid))
-    on_slurm = _experiment(tmp_path / "b", shapes_dir, "slurm", dict(grid))
+    local, on_slurm = _two_experiments(tmp_path, shapes_dir, grid)
     assert main(["sweep", str(local)]) == 1
     capsys.readouterr()
     assert main(["sweep", str(on_slurm), *SLURM_ARGS]) == 1
     out = capsys.readouterr().out
     assert "submitted 4 runs as SLURM job array" in out
     assert "done: 2 ran, 0 were done, 2 failed" in out
-    assert _metrics(tmp_path / "a" / "local") == _metrics(tmp_path / "b" / "slurm") != {}
+    assert _metrics(tmp_path / "a" / "here") == _metrics(tmp_path / "b" / "there") != {}
     assert main(["sweep", str(on_slurm), "--status"]) == 1
     status = capsys.readouterr().out
     assert "4 runs: 2 done, 2 failed" in status
     assert status.count("n_ctx=-3: a context needs at least one vector") == 2
-    assert list((tmp_path / "b" / "slurm" / ".slurm").glob("*/*_log.out"))  # the tasks' logs are kept
+    assert list((tmp_path / "b" / "there" / ".slurm").glob("*/*_log.out"))  # the tasks' logs are kept
 
 
 @pytest.mark.slow
 def test_a_cancelled_slurm_task_fails_and_the_next_submission_resumes_it(tmp_path, shapes_dir, slurm, capsys):
     args = ["optim.max_epochs=150", "data.batch_size=4"]
     grid = {"method": ["coop_csc"], "protocol.shots": [2]}
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    local = _experiment(tmp_path / "a", shapes_dir, "local", dict(grid), args)
-    on_slurm = _experiment(tmp_path / "b", shapes_dir, "slurm", dict(grid), args)
-    run = tmp_path / "b" / "slurm" / "shapes" / "coop_csc" / "default" / "shots_2" / "seed_1"
+    local, on_slurm = _two_experiments(tmp_path, shapes_dir, grid, args)
+    run = tmp_path / "b" / "there" / "shapes" / "coop_csc" / "default" / "shots_2" / "seed_1"
     first: dict = {}
     sweeping = threading.Thread(target=lambda: first.update(code=main(["sweep", str(on_slurm), *SLURM_ARGS])))
     sweeping.start()
@@ -172,10 +171,59 @@ def test_a_cancelled_slurm_task_fails_and_the_next_submission_resumes_it(tmp_pat
     assert resumed["resumed_at_epoch"] >= 1
     assert not (run / ERROR_FILE).exists()
     assert main(["sweep", str(local)]) == 0
-    assert resumed["metrics"] == next(iter(_metrics(tmp_path / "a" / "local").values()))
+    assert resumed["metrics"] == next(iter(_metrics(tmp_path / "a" / "here").values()))
 
 
 def test_sweep_run_states_feed_the_status_of_the_api(tmp_path, shapes_dir):
     exp = _experiment(tmp_path, shapes_dir, "api", {"method": ["zeroshot"], "seed": [1]})
     counts = sweep_mod.report(exp, log=lambda m: None)
     assert counts == {"done": 0, "running": 0, "failed": 0, "missing": 1, "changed": 0}
+
+
+def test_overwrite_reaches_the_runs_of_a_launcher(tmp_path, shapes_dir, capsys):
+    exp = _experiment(tmp_path, shapes_dir, "ow", {"method": ["zeroshot"], "seed": [1, 2]})
+    assert main(["sweep", str(exp)]) == 0
+    capsys.readouterr()
+    # another configuration of the same runs: kept without --overwrite, replaced with it, in the worker processes
+    assert main(["sweep", str(exp), "optim.lr=0.5", "--launcher", "local", "--jobs", "2"]) == 0
+    assert "2 finished under another configuration (kept" in capsys.readouterr().out
+    assert main(["sweep", str(exp), "optim.lr=0.5", "--launcher", "local", "--jobs", "2", "--overwrite"]) == 0
+    assert "done: 2 ran, 0 were done, 0 failed" in capsys.readouterr().out
+    lrs = [json.loads((p.parent / "config.yaml").read_text().split("\n", 1)[1].split("lr: ")[1].split()[0])
+           for p in (tmp_path / "ow").rglob("result.json")]
+    assert lrs == [0.5, 0.5]
+
+
+@pytest.mark.slow
+def test_a_run_on_two_devices_runs_as_two_slurm_tasks(tmp_path, shapes_dir, slurm, monkeypatch, capsys):
+    # Lightning reads the ranks from SLURM; on a real cluster MASTER_ADDR is the first node's name, which here
+    # does not resolve (the node is called ptnode and lives at 127.0.0.1)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    ddp = ["trainer.accelerator=cpu", "data.batch_size=8", "protocol.shots=4"]
+    grid = {"method": ["coop"], "trainer.devices": [2]}
+    here, there = _two_experiments(tmp_path, shapes_dir, grid, ddp)
+    assert main(["sweep", str(there), *SLURM_ARGS]) == 0
+    assert "done: 1 ran" in capsys.readouterr().out
+    logs = sorted(p.name for p in (tmp_path / "b" / "there" / ".slurm").glob("*/*_log.out"))
+    assert len(logs) == 2  # one task per device
+    one = tmp_path / "one"
+    assert main(["train", "model=tiny", "dataset=shapes", f"dataset.init_args.root={shapes_dir}", "optim.lr=0.02",
+                 "optim.max_epochs=4", "runtime.progress=false", "method=coop", *ddp, f"output_dir={one}"]) == 0
+    import torch
+
+    (run,) = (tmp_path / "b" / "there").rglob("result.json")
+    a = torch.load(one / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["context.ctx"]
+    b = torch.load(run.parent / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["context.ctx"]
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()  # as tests/test_distributed.py, through SLURM
+    assert json.loads(run.read_text())["metrics"] == read_result(one)["metrics"]
+
+
+def test_the_slurm_launcher_refuses_before_writing_anything_where_there_is_no_slurm(tmp_path, shapes_dir,
+                                                                                    monkeypatch, capsys):
+    if Path("/etc/slurm/slurm.conf").is_file():
+        pytest.skip("this machine has a system-wide SLURM")
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    exp = _experiment(tmp_path, shapes_dir, "none", {"method": ["zeroshot"]})
+    assert main(["sweep", str(exp), "--launcher", "slurm"]) == 2
+    assert "--launcher slurm: no SLURM here" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
