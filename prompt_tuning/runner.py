@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import time
 import warnings
@@ -18,7 +19,7 @@ from torch.utils.data import Dataset
 from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.config import NOT_HASHED, annotated_yaml, dataset_section, flatten, instantiate, run_hash
 from prompt_tuning.contexts.base import Context, FrozenFeatures, Task
-from prompt_tuning.data.datamodule import ImageDataset, PromptDataModule, ViewDataset
+from prompt_tuning.data.datamodule import ImageDataset, PromptDataModule, ViewDataset, check_split
 from prompt_tuning.data.datasets import Item, classnames_of
 from prompt_tuning.data.fewshot_cache import cached_few_shot
 from prompt_tuning.data.protocols import subsample_classes
@@ -304,19 +305,12 @@ def _strategy(cfg: DictConfig):
 
 
 def rank() -> int:
-    """This process's rank in a multi-device run (Lightning's children and SLURM tasks say so in their
-    environment); 0 otherwise. Only rank 0 locks the run folder, writes files and prints."""
-    from lightning_fabric.utilities.rank_zero import _get_rank
-
-    return _get_rank() or 0
-
-
-def check_devices(cfg: DictConfig) -> None:
-    """A multi-device run's batch must split evenly over its devices (checked before anything is written)."""
-    devices = int(cfg.trainer.devices)
-    if devices > 1 and cfg.data.batch_size % devices:
-        raise UserError(f"data.batch_size={cfg.data.batch_size} cannot be split over trainer.devices={devices}: "
-                        f"each device takes batch_size / devices images; choose a multiple of {devices}")
+    """This process's rank in a multi-device run, from the variables Lightning's further processes and SLURM
+    tasks carry (as Lightning reads them); 0 otherwise. Only rank 0 locks the run folder, writes files, prints."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
 
 
 def fit(setup: Setup) -> None:
@@ -361,7 +355,7 @@ def train(cfg: DictConfig, sources: dict[str, str] | None = None) -> dict:
     """
     run_dir = Path(cfg.output_dir)
     config_hash = run_hash(cfg)
-    check_devices(cfg)
+    check_split(cfg.data.batch_size, int(cfg.trainer.devices))  # before anything is written
     if rank() > 0:  # a further process of a multi-device run: rank 0 holds the lock, writes the files, reports
         logging.getLogger("prompt_tuning").setLevel(logging.WARNING)
         return _train(cfg, run_dir, config_hash, sources or {}, writes=False)

@@ -417,7 +417,8 @@ def parser():
     g.add_argument("--launcher", choices=["local", "slurm"], default="local",
                    help="local: on this machine; slurm: one SLURM job array (submitit), a task per run")
     g.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="local: runs at a time, each in its own process (one GPU each where there are GPUs)")
+                   help="local: runs at a time, in worker processes (one GPU each where there are GPUs); 1: one "
+                        "after another in the sweep's own process")
     g.add_argument("--partition", help="slurm: the partition")
     g.add_argument("--gpus-per-run", type=int, default=1, metavar="N", help="slurm: GPUs of each task (0: none)")
     g.add_argument("--cpus-per-run", type=int, default=8, metavar="N", help="slurm: CPUs of each task")

@@ -58,7 +58,7 @@ def test_seeded_samples_draw_from_their_own_seed_and_leave_the_global_generator_
 
 
 def test_batches_that_cannot_be_split_are_refused():
-    with pytest.raises(UserError, match=r"data.batch_size=9 cannot be split over 2 devices"):
+    with pytest.raises(UserError, match=r"data.batch_size=9 cannot be split over trainer.devices=2"):
         ReferenceBatches(30, 9, seed=1, world=2)
     with pytest.raises(UserError, match=r"last training batch holds 1 image\(s\), fewer than the 2 devices"):
         ReferenceBatches(17, 8, seed=1, drop_last=False, world=2)

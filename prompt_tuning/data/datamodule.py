@@ -111,9 +111,7 @@ class ReferenceBatches(Sampler):
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool = True, rank: int = 0, world: int = 1):
-        if batch_size % world:
-            raise UserError(f"data.batch_size={batch_size} cannot be split over {world} devices: each takes "
-                            f"batch_size / {world} images; choose a multiple of {world}")
+        check_split(batch_size, world)
         self.order = EpochShuffle(n, seed)
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.drop_last = drop_last and n >= batch_size
@@ -141,6 +139,13 @@ class ReferenceBatches(Sampler):
             start += size
             cut = [size * r // self.world for r in range(self.world + 1)]  # an uneven last batch: near-equal
             yield [(i, sample_seed(self.seed, epoch, i)) for i in batch[cut[self.rank]:cut[self.rank + 1]]]
+
+
+def check_split(batch_size: int, devices: int) -> None:
+    """Each of ``devices`` processes takes ``batch_size / devices`` images of every batch: it must divide."""
+    if batch_size % devices:
+        raise UserError(f"data.batch_size={batch_size} cannot be split over trainer.devices={devices}: each "
+                        f"device takes batch_size / devices images; choose a multiple of {devices}")
 
 
 class SeededSamples(Dataset):
