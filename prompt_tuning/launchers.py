@@ -24,7 +24,7 @@ from pathlib import Path
 
 from prompt_tuning.errors import UserError
 from prompt_tuning.files import write_json
-from prompt_tuning.locks import slurm_job
+from prompt_tuning.locks import slurm_job, squeue
 
 ERROR_FILE = "error.json"
 BUSY = "is being trained by pid"  # RunLock's refusal: another process has the run
@@ -370,20 +370,6 @@ class Slurm:
             if len(outcome) < len(todo):
                 time.sleep(self.poll)
         return outcome
-
-
-def squeue(array: str) -> set[str]:
-    """The task ids (``JOB_TASK``) of an array still in the queue (pending, running or completing)."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%i %T"], capture_output=True, text=True,
-                             timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise UserError(f"cannot ask SLURM about job {array}: {e}") from e
-    if out.returncode != 0:
-        if "Invalid job id" in out.stderr:
-            return set()
-        raise UserError(f"squeue failed: {out.stderr.strip()[:300]}")
-    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,17 +29,30 @@ def slurm_job() -> str | None:
     return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
+def squeue(job: str) -> set[str]:
+    """The ids (``JOB`` or ``JOB_TASK``, array tasks listed one by one) of ``job`` still in SLURM's queue:
+    pending, running or completing. An id the queue no longer knows is an empty set; raises `UserError` when
+    SLURM cannot be asked."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%i %T"], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UserError(f"cannot ask SLURM about job {job}: {e}") from e
+    if out.returncode != 0:
+        if "Invalid job id" in out.stderr:
+            return set()
+        raise UserError(f"squeue failed: {out.stderr.strip()[:300]}")
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
 def job_queued(job: str) -> bool | None:
     """Whether SLURM still holds ``job`` (pending or running); None when it cannot be asked here."""
     if shutil.which("squeue") is None:
         return None
     try:
-        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
+        return bool(squeue(job))
+    except UserError:
         return None
-    if out.returncode != 0:  # an unknown (long finished) job id is an error to squeue
-        return False if "Invalid job id" in out.stderr else None
-    return bool(out.stdout.strip())
 
 
 def _alive(pid: int) -> bool:

@@ -227,3 +227,21 @@ def test_the_slurm_launcher_refuses_before_writing_anything_where_there_is_no_sl
     assert main(["sweep", str(exp), "--launcher", "slurm"]) == 2
     assert "--launcher slurm: no SLURM here" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_a_lock_from_another_host_is_stale_once_its_slurm_job_has_left_the_queue(tmp_path, slurm):
+    from prompt_tuning.locks import RunLock
+
+    job = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 60"], capture_output=True,
+                         text=True, check=True, cwd=tmp_path).stdout.strip()
+    try:
+        (tmp_path / ".lock").write_text(json.dumps({"host": "another-node", "pid": 1, "job": job}))
+        assert RunLock(tmp_path).holder()["job"] == job  # its job is queued: the lock holds
+    finally:
+        subprocess.run(["scancel", job], check=True)
+    deadline = time.time() + 30
+    while RunLock(tmp_path).holder() is not None and time.time() < deadline:
+        time.sleep(0.2)
+    assert RunLock(tmp_path).holder() is None  # the job has gone: the lock is stale
+    (tmp_path / ".lock").write_text(json.dumps({"host": "another-node", "pid": 1}))
+    assert RunLock(tmp_path).holder() is not None  # no job to ask about: respected
