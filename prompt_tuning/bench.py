@@ -74,12 +74,12 @@ class _SavedBytes:
 
 
 def reference_text_features(clip: FrozenCLIP, embeddings77: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
-    """The reference TextEncoder: all 77 positions through open_clip's own transformer."""
-    m = clip.model
+    """The reference TextEncoder: all 77 positions through open_clip's own transformer (the text tower of a
+    CLIP or of a CustomTextCLIP)."""
+    m = clip.text_tower
     x = embeddings77 + m.positional_embedding
     x = m.transformer(x, attn_mask=m.attn_mask)
-    x = m.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot] @ m.text_projection
-    return F.normalize(x, dim=-1)
+    return F.normalize(clip.text_output(x, eot), dim=-1)
 
 
 def _text_step(features_fn: Callable[[], torch.Tensor], param: torch.Tensor) -> None:
@@ -314,7 +314,7 @@ def run(classes: int = 100, shots: int = 16, model: str = "ViT-B-16", device: st
 def reference_deep_text_features(clip: FrozenCLIP, embeddings77: torch.Tensor, eot: torch.Tensor,
                                   deep: list[torch.Tensor], start: int = 1) -> torch.Tensor:
     """The authors' deep-prompt TextEncoder: all 77 positions, each layer's prompts spliced in at its input."""
-    m = clip.model
+    m = clip.text_tower
     x = embeddings77 + m.positional_embedding
     n = x.shape[0]
     for i, block in enumerate(m.transformer.resblocks):
@@ -322,8 +322,7 @@ def reference_deep_text_features(clip: FrozenCLIP, embeddings77: torch.Tensor, e
             p = deep[i - 1]
             x = torch.cat([x[:, :start], p.expand(n, -1, -1), x[:, start + p.shape[0]:]], dim=1)
         x = block(x, attn_mask=m.attn_mask)
-    x = m.ln_final(x)[torch.arange(n, device=x.device), eot] @ m.text_projection
-    return F.normalize(x, dim=-1)
+    return F.normalize(clip.text_output(x, eot), dim=-1)
 
 
 def run_multimodal(method: str = "maple", classes: int = 100, model: str = "ViT-B-16", device: str = "cpu",
@@ -344,7 +343,7 @@ def run_multimodal(method: str = "maple", classes: int = 100, model: str = "ViT-
     clip = FrozenCLIP.build(model if arch is None else Path(model).stem, None, arch=arch).to(device)
     clip.shared_prefix_pass = True  # ours: the default text pass (model.shared_prefix)
     task = Task(tuple(f"synthetic object number {i}" for i in range(classes)))
-    depth = min(9, len(clip.model.transformer.resblocks), len(clip.model.visual.transformer.resblocks))
+    depth = min(9, clip.text_blocks, clip.vision_blocks)
     if method == "maple":
         ctx = MaPLe(clip, task, n_ctx=2, depth=depth).to(device)
         objective = None

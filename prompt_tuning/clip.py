@@ -317,7 +317,7 @@ class FrozenCLIP(nn.Module):
             length = int(eot_index.max()) + 1
             x = embeddings[:, :length].to(cast) + t.positional_embedding[:length].to(cast)
             x = self._shared_prefix_blocks(x, deep, deep_start, shared_prefix, sets, cast)
-            return self._text_output(x, eot_index - shared_prefix)
+            return self.text_output(x, eot_index - shared_prefix)
         if self._text.blocks_known:
             mask = t.attn_mask[:length]  # (length, n_pos): row i sees keys 0..i
             for i, block in enumerate(t.transformer.resblocks):
@@ -326,9 +326,16 @@ class FrozenCLIP(nn.Module):
                 x = self._maybe_checkpoint(_text_block, block, x, mask, n_pos)
         else:  # unknown block type: pad back to the full length (still exact, not faster)
             x = t.transformer(F.pad(x, (0, 0, 0, n_pos - length)), attn_mask=t.attn_mask)[:, :length]
-        return self._text_output(x, eot_index)
+        return self.text_output(x, eot_index)
 
-    def _text_output(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+    @property
+    def text_tower(self) -> nn.Module:
+        """The open_clip module holding the text transformer (the CLIP itself, or a CustomTextCLIP's ``text``):
+        ``token_embedding``, ``positional_embedding``, ``transformer``, ``attn_mask``, ``ln_final``,
+        ``text_projection``."""
+        return self._text.owner
+
+    def text_output(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         """``ln_final``, the hidden state at each prompt's end-of-text position, the text projection."""
         t = self._text.owner
         x = t.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot_index]

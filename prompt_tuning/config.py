@@ -14,11 +14,14 @@
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import hashlib
 import importlib
 import inspect
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,7 +309,7 @@ def _override(cfg: DictConfig, key: str, value: str) -> None:
                 f"unknown config key {key!r}{close_matches(leaf, valid)}; valid keys of "
                 f"{parent_key or 'the top level'}: {', '.join(valid)}"
             )
-    else:
+    elif "init_args" not in key.split("."):  # init_args are typed by their class's signature (_check_init_args)
         old = parent._get_node(leaf)._value() if not OmegaConf.is_missing(parent, leaf) else None
         _check_type(key, old, new)
     parent[leaf] = new
@@ -362,11 +365,11 @@ RANGES: dict[str, tuple[tuple, Any, str]] = {
 def check_ranges(cfg: DictConfig) -> None:
     """Every numeric key within its range (`RANGES`), and the few structured numeric values; one-line errors
     naming the key, the value and what is accepted."""
-    for key, (types, ok, accepted) in RANGES.items():
+    for key, (kinds, ok, accepted) in RANGES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:
             continue
-        if type(value) not in types or not ok(value):
+        if type(value) not in kinds or not ok(value):
             raise UserError(f"{key}={value!r}: expected {accepted}")
     scale = OmegaConf.select(cfg, "data.crop_scale", default=None)
     if scale is not None and not (len(scale) == 2 and all(type(v) in _NUM for v in scale)
@@ -404,12 +407,74 @@ def _check_init_args(cfg: DictConfig) -> None:
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue
         valid = [n for n in params if n not in INJECTED]
-        for arg in spec.get("init_args") or {}:
+        args = spec.get("init_args") or {}
+        for arg in args:
             if arg not in valid:
                 raise UserError(
                     f"{key}.init_args.{arg}: not an argument of {spec.class_path}{close_matches(arg, valid)}; "
                     f"valid: {', '.join(valid)}"
                 )
+            value = args[arg]
+            value = OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
+            hint = annotation_of(cls, params[arg])
+            if not accepts(value, hint):
+                raise UserError(f"{key}.init_args.{arg}={value!r}: expected {_type_name(hint)} "
+                                f"(the argument's type in {spec.class_path})")
+
+
+_NOT_CHECKED = object()
+
+
+def annotation_of(cls: type, param: inspect.Parameter) -> Any:
+    """The evaluated type annotation of a constructor argument, or `_NOT_CHECKED` when it has none or names
+    something only a type checker sees."""
+    hint = param.annotation
+    if hint is inspect.Parameter.empty:
+        return _NOT_CHECKED
+    if isinstance(hint, str):
+        import sys
+
+        module = sys.modules.get(getattr(cls, "__module__", ""), None)
+        namespace = {**typing.__dict__, **collections.abc.__dict__, **vars(module)} if module else {}
+        try:
+            hint = eval(hint, namespace)  # noqa: S307 - an annotation string of an imported class, not config text
+        except Exception:  # noqa: BLE001 - a name imported for type checkers only: not checked here
+            return _NOT_CHECKED
+    return hint
+
+
+def accepts(value: Any, hint: Any) -> bool:
+    """Whether a config value fits a type annotation (unions, Optional, Literal, list/tuple/Sequence, dict,
+    int/float/str/bool; anything else is left to the class)."""
+    if hint is _NOT_CHECKED or hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(accepts(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is float:
+        return type(value) in (int, float)
+    if hint in (int, str, bool):
+        return type(value) is hint
+    sequence = hint if origin is None else origin
+    if sequence in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, list | tuple):
+            return False
+        if sequence is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(accepts(v, a) for v, a in zip(value, args))
+        return not args or all(accepts(v, args[0]) for v in value)
+    if sequence in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("collections.abc.", "")
 
 
 def instantiate(spec: DictConfig | dict, **injected: Any) -> Any:

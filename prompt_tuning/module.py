@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from prompt_tuning.clip import FrozenCLIP
 from prompt_tuning.contexts.base import Context, Outputs, Task
 from prompt_tuning.objectives import CrossEntropy, Objective
+from prompt_tuning.precision import full_precision
 
 
 def warmup_cosine(epoch: int, max_epochs: int, warmup_epochs: int, lr: float, warmup_lr: float) -> float:
@@ -133,12 +134,14 @@ class PromptTuner(pl.LightningModule):
 
     @staticmethod
     def predict_proba(logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(B, C)``: the softmax averaged over prompt sets / samples."""
-        return logits.softmax(dim=-1).mean(dim=0)
+        """Class probabilities ``(B, C)``: the softmax averaged over prompt sets / samples (at least fp32)."""
+        with full_precision(logits):
+            return logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=-1).mean(dim=0)
 
     def loss_terms(self, outputs: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """The objective's named terms, plus the context's auxiliary loss as ``aux``."""
-        terms = dict(self.objective(outputs, labels))
+        with full_precision(outputs.logits):  # softmax, entropy and distances in fp32 (prompt_tuning.precision)
+            terms = dict(self.objective(outputs, labels))
         if outputs.aux_loss is not None:
             terms["aux"] = outputs.aux_loss
         return terms

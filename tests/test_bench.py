@@ -44,3 +44,17 @@ def test_bench_multimodal_methods_report_their_step_against_the_authors_path(cap
         assert "| train step, exact |" in format_multimodal_report(r)
     assert main(["bench", "--method", "maple", "--model", str(TINY_ARCH), "--classes", "3", "--repeats", "1"]) == 0
     assert "--method maple" in capsys.readouterr().out
+
+
+def test_bench_reference_path_runs_on_a_custom_text_clip(tmp_path):
+    """The reference text pass reads the text tower (a CustomTextCLIP keeps it in ``model.text``)."""
+    arch = {**json.loads(TINY_ARCH.read_text()), "custom_text": True}
+    path = tmp_path / "tiny_custom_text.json"
+    path.write_text(json.dumps(arch))
+    r = run(classes=4, model=str(path), repeats=1, batch=4, test_per_class=1, eval_batch=4, log=lambda m: None,
+            cocoop_classes=2)
+    assert r["logits_max_rel_diff"] <= 1e-5
+    from prompt_tuning.bench import run_multimodal
+
+    assert run_multimodal("maple", classes=3, model=str(path), repeats=1, log=lambda m: None)[
+        "text_features_max_abs_diff"] <= 1e-6

@@ -94,3 +94,19 @@ def test_every_method_config_builds_on_tiny_clip_and_runs_one_step(shapes_dir, m
         loss.backward()
         grads = [p.grad for p in module.context.parameters() if p.requires_grad]
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_init_args_are_typed_by_the_signature_so_a_list_may_replace_a_name(shapes_dir, tmp_path):
+    """A template-set name is the default, a list of templates is just as valid: on the command line as in a
+    YAML. A value of a type the argument does not take is a one-line error naming the key."""
+    cli = compose(_base(shapes_dir, "method=promptsrc", 'method.objective.init_args.templates=["a {}.", "the {}."]'))
+    recipe = tmp_path / "promptsrc_two.yaml"
+    recipe.write_text((REPO / "configs/method/promptsrc.yaml").read_text().replace(
+        "templates: CLIP_IMAGENET_60", 'templates: ["a {}.", "the {}."]'))
+    from_yaml = compose(_base(shapes_dir, f"method={recipe}"))
+    assert list(cli.method.objective.init_args.templates) == ["a {}.", "the {}."]
+    assert from_yaml.method.objective.init_args == cli.method.objective.init_args
+    with pytest.raises(UserError, match=r"init_args.n_ctx='abc': expected int"):
+        compose(_base(shapes_dir, "method=coop", "method.context.init_args.n_ctx=abc"))
+    with pytest.raises(UserError, match=r"init_args.templates=3: expected str \| list\[str\]"):
+        compose(_base(shapes_dir, "method=promptsrc", "method.objective.init_args.templates=3"))

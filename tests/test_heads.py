@@ -74,14 +74,31 @@ def test_linear_probe_matches_the_authors_search_and_a_direct_scikit_learn_fit(t
     task = Task(tuple(f"class {i}" for i in range(5)))
     probe = LinearProbe(tiny_clip, task)
     probe.fit(tiny_clip, data)
-    x, y, xv, yv = data.train[0].numpy(), data.train_labels.numpy(), data.val.numpy(), data.val_labels.numpy()
+    # lpclip saves features through .tolist() (np.savez): scikit-learn fits Python floats, i.e. float64 rows
+    x, xv = np.array(data.train[0].tolist()), np.array(data.val.tolist())
+    y, yv = data.train_labels.numpy(), data.val_labels.numpy()
     c, clf = _lpclip_reference(x, y, xv, yv)
     assert probe.c == c
+    assert torch.equal(probe.weight, torch.from_numpy(clf.coef_))  # the very same L-BFGS run
     test = torch.randn(40, tiny_clip.embed_dim) * 10
-    expected = torch.from_numpy(clf.decision_function(test.numpy())).float()
+    expected = torch.from_numpy(clf.decision_function(np.array(test.tolist())))
     got = probe.score(tiny_clip, test).logits[0]
-    assert torch.allclose(got, expected, atol=1e-4)
-    assert torch.equal(got.argmax(-1), torch.from_numpy(clf.predict(test.numpy())))
+    assert got.dtype == torch.float64 and torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(got.argmax(-1), torch.from_numpy(clf.predict(np.array(test.tolist()))))
+
+
+def test_linear_probe_fits_float64_rows_and_the_dtype_changes_the_weights(tiny_clip):
+    """scikit-learn keeps float32 rows in float32 through L-BFGS: fitting them would move the weights."""
+    from sklearn.linear_model import LogisticRegression
+
+    data = _features(dim=tiny_clip.embed_dim, seed=3)
+    probe = LinearProbe(tiny_clip, Task(tuple("abcde")), steps=0)
+    probe.fit(tiny_clip, data)
+    y = data.train_labels.numpy()
+    f64 = LogisticRegression(max_iter=1000, C=probe.c).fit(np.array(data.train[0].tolist()), y)
+    f32 = LogisticRegression(max_iter=1000, C=probe.c).fit(data.train[0].numpy(), y)
+    assert f32.coef_.dtype == np.float32 and np.abs(f32.coef_ - f64.coef_).max() > 1e-7
+    assert torch.equal(probe.weight, torch.from_numpy(f64.coef_))
 
 
 def test_linear_probe_normalize_option_fits_unit_features(tiny_clip):
@@ -90,11 +107,11 @@ def test_linear_probe_normalize_option_fits_unit_features(tiny_clip):
     data = _features(dim=tiny_clip.embed_dim)
     probe = LinearProbe(tiny_clip, Task(tuple("abcde")), normalize=True, steps=0)
     probe.fit(tiny_clip, data)
-    x = F.normalize(data.train[0], dim=-1).numpy()
+    x = F.normalize(data.train[0].double(), dim=-1).numpy()
     clf = LogisticRegression(max_iter=1000, C=probe.c).fit(x, data.train_labels.numpy())
     test = torch.randn(10, tiny_clip.embed_dim)
-    want = torch.from_numpy(clf.decision_function(F.normalize(test, dim=-1).numpy())).float()
-    assert torch.allclose(probe.score(tiny_clip, test).logits[0], want, atol=1e-4)
+    want = torch.from_numpy(clf.decision_function(F.normalize(test.double(), dim=-1).numpy()))
+    assert torch.allclose(probe.score(tiny_clip, test).logits[0], want, atol=1e-10)
 
 
 def test_linear_probe_with_two_classes_scores_like_scikit_learn(tiny_clip):

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from prompt_tuning.precision import full_precision
+
 if TYPE_CHECKING:
     from prompt_tuning.clip import FrozenCLIP
 
@@ -183,7 +185,8 @@ class Context(nn.Module):
                 for i in range(0, c, chunk)], dim=1)
         else:
             features = encode(prompts.embeddings, prompts.eot_index)
-        return self.reduce(F.normalize(features, dim=-1)), prompts.aux_loss
+        with full_precision(features):
+            return self.reduce(F.normalize(features.float(), dim=-1)), prompts.aux_loss
 
     def score(self, clip: FrozenCLIP, image_features: torch.Tensor,
               text_features: torch.Tensor | None = None) -> Outputs:
@@ -194,18 +197,18 @@ class Context(nn.Module):
             image_features: ``(B, d)`` unnormalised image features.
             text_features: ``(S, C, d)`` class features from `text_features` to reuse (evaluation), or None.
         """
-        img = F.normalize(image_features, dim=-1)
         aux = None
-        if text_features is None:
-            text_features, aux = self.text_features(clip, img)
-        img = img.to(text_features.dtype)
-        if self.conditional:  # set m * B + b belongs to image b
-            b = img.shape[0]
-            txt = text_features.view(-1, b, *text_features.shape[1:])  # (M, B, C, d)
-            logits = torch.einsum("bd,mbcd->mbc", img, txt)
-        else:
-            logits = torch.einsum("bd,scd->sbc", img, text_features)
-        return Outputs(clip.logit_scale * logits, img, text_features, aux)
+        if text_features is None:  # the text pass runs under the trainer's precision (bf16 autocast on a GPU)
+            text_features, aux = self.text_features(clip, F.normalize(image_features, dim=-1))
+        with full_precision(image_features):  # the logits never in bf16 (see prompt_tuning.precision)
+            img = F.normalize(image_features.float(), dim=-1)
+            txt = text_features.float()
+            if self.conditional:  # set m * B + b belongs to image b
+                b = img.shape[0]
+                logits = torch.einsum("bd,mbcd->mbc", img, txt.view(-1, b, *txt.shape[1:]))  # (M, B, C)
+            else:
+                logits = torch.einsum("bd,scd->sbc", img, txt)
+            return Outputs(clip.logit_scale.float() * logits, img, txt, None if aux is None else aux.float())
 
 
 def embed_prompts(clip: FrozenCLIP, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

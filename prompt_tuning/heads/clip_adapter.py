@@ -18,6 +18,7 @@ from torch import nn
 
 from prompt_tuning.contexts.base import Outputs, Task
 from prompt_tuning.heads.base import Head
+from prompt_tuning.precision import full_precision
 
 if TYPE_CHECKING:
     from prompt_tuning.clip import FrozenCLIP
@@ -55,6 +56,7 @@ class ClipAdapter(Head):
 
     def score(self, clip: FrozenCLIP, image_features: torch.Tensor,
               text_features: torch.Tensor | None = None) -> Outputs:
-        img = self.adapt(image_features.to(self.classifier.dtype))
-        txt = self.classifier.unsqueeze(0)
-        return Outputs(clip.logit_scale * torch.einsum("bd,scd->sbc", img, txt), img, txt)
+        with full_precision(image_features):  # scores never in bf16 (see prompt_tuning.precision)
+            img = self.adapt(image_features.float())
+            txt = self.classifier.float().unsqueeze(0)
+            return Outputs(clip.logit_scale.float() * torch.einsum("bd,scd->sbc", img, txt), img, txt)

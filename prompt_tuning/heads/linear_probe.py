@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 
 from prompt_tuning.contexts.base import FrozenFeatures, Outputs, Task
 from prompt_tuning.heads.base import Head, check_same_classes
+from prompt_tuning.precision import full_precision
 
 if TYPE_CHECKING:
     from prompt_tuning.clip import FrozenCLIP
@@ -63,12 +64,16 @@ class LinearProbe(Head):
         self.classnames = task.classnames
         n = len(task.classnames)
         if not self._fitted:
-            self.register_buffer("weight", torch.zeros(n, clip.embed_dim), persistent=False)  # (C, d)
-            self.register_buffer("bias", torch.zeros(n), persistent=False)
+            weight = torch.zeros(n, clip.embed_dim, dtype=torch.float64)  # (C, d), scikit-learn's float64
+            self.register_buffer("weight", weight, persistent=False)
+            self.register_buffer("bias", torch.zeros(n, dtype=torch.float64), persistent=False)
         self.register_buffer("classifier", torch.zeros(n, 0, device=clip.device), persistent=False)  # no text
 
     def _inputs(self, features: torch.Tensor) -> np.ndarray:
-        x = F.normalize(features.float(), dim=-1) if self.normalize else features.float()
+        """The rows scikit-learn fits, in float64: the authors' features reach it as Python floats
+        (``lpclip/feat_extractor.py`` saves ``.tolist()`` through ``np.savez``), and L-BFGS keeps the dtype it is
+        given, so float32 rows would give other weights (2.5e-5 relative) and, at times, other predictions."""
+        x = F.normalize(features.double(), dim=-1) if self.normalize else features.double()
         return x.cpu().numpy()
 
     def fit(self, clip: FrozenCLIP, data: FrozenFeatures) -> None:
@@ -119,14 +124,17 @@ class LinearProbe(Head):
             weight[classes[1]], bias[classes[1]], bias[classes[0]] = coef[0], intercept[0], 0.0
         else:
             weight[classes], bias[classes] = coef, intercept
-        self.weight = weight.float().to(self.weight.device)
-        self.bias = bias.float().to(self.bias.device)
+        self.weight = weight.to(self.weight.device)  # float64, as scikit-learn's decision_function
+        self.bias = bias.to(self.bias.device)
 
     def score(self, clip: FrozenCLIP, image_features: torch.Tensor,
               text_features: torch.Tensor | None = None) -> Outputs:
-        x = F.normalize(image_features, dim=-1) if self.normalize else image_features
-        logits = x.to(self.weight.dtype) @ self.weight.T + self.bias  # scikit-learn's decision_function
-        return Outputs(logits.unsqueeze(0), F.normalize(image_features, dim=-1), self.classifier.unsqueeze(0))
+        with full_precision(image_features):  # scikit-learn's decision_function, in its float64
+            x = image_features.double()
+            x = F.normalize(x, dim=-1) if self.normalize else x
+            logits = x @ self.weight.T + self.bias
+            return Outputs(logits.unsqueeze(0), F.normalize(image_features.float(), dim=-1),
+                           self.classifier.unsqueeze(0))
 
 
 def logistic_regression(c: float, max_iter: int = 1000):

@@ -29,6 +29,7 @@ from torch import nn
 
 from prompt_tuning.contexts.base import FrozenFeatures, Outputs, Task
 from prompt_tuning.heads.base import Head, check_same_classes
+from prompt_tuning.precision import full_precision
 
 if TYPE_CHECKING:
     from prompt_tuning.clip import FrozenCLIP
@@ -122,6 +123,7 @@ class TipAdapter(Head):
 
     def score(self, clip: FrozenCLIP, image_features: torch.Tensor,
               text_features: torch.Tensor | None = None) -> Outputs:
-        f = F.normalize(image_features.float(), dim=-1)
-        logits = self._logits(f, self.alpha, self.beta)
-        return Outputs(logits.unsqueeze(0), f, self.classifier.unsqueeze(0))
+        with full_precision(image_features):  # scores never in bf16 (see prompt_tuning.precision)
+            f = F.normalize(image_features.float(), dim=-1)
+            logits = self._logits(f, self.alpha, self.beta)
+            return Outputs(logits.unsqueeze(0), f, self.classifier.unsqueeze(0))
