@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-_LAZY = {"load_head": "prompt_tuning.export", "export_head": "prompt_tuning.export", "Head": "prompt_tuning.export"}
+_LAZY = {"load_head": "prompt_tuning.apps.export", "export_head": "prompt_tuning.apps.export",
+         "ExportedHead": "prompt_tuning.apps.export"}
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random CLIP and a generated shapes dataset (no downloads anywhere)."""
+"""Shared fixtures: tiny random CLIPs and a generated shapes dataset (no downloads anywhere)."""
 
 import atexit
 import json
@@ -15,33 +15,30 @@ if "MPLCONFIGDIR" not in os.environ:
 import pytest
 import torch
 
-from prompt_tuning.clip import FrozenCLIP
-from prompt_tuning.contexts.base import Task
+from prompt_tuning.backbone import FrozenCLIP
+from prompt_tuning.config.compose import PACKAGE_CONFIGS, group_options
 from prompt_tuning.data.synthetic import make_shapes
+from prompt_tuning.methods.base import Task
 
 ASSETS = Path(__file__).parent / "assets"
-TINY_ARCH = ASSETS / "tiny_clip.json"
+TINY_ARCH = ASSETS / "tiny_clip.json"  # 2 blocks per tower: fast, for tests of one mechanism
+TINY_DEEP_ARCH = ASSETS / "tiny_clip_deep.json"  # 12 blocks per tower: every method config runs unchanged
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = PACKAGE_CONFIGS
 
 
-# the tiny CLIP has 2 blocks per tower: deep-prompt methods get a prompt depth that fits it
-TINY_METHOD_ARGS = {
-    "ivlp": ["method.context.init_args.depth_text=2", "method.context.init_args.depth_vision=2"],
-    "deep_language": ["method.context.init_args.depth_text=2"],
-    "vpt_deep": ["method.context.init_args.depth_vision=2"],
-    "maple": ["method.context.init_args.depth=2"],
-    "promptsrc": ["method.context.init_args.depth_text=2", "method.context.init_args.depth_vision=2"],
-}
+def method_configs() -> list[str]:
+    """Every method config on the config path (the package's, and any folder in ``$PT_CONFIG_DIR``)."""
+    return group_options("method")
 
 
-def tiny_method_args(method: str) -> list[str]:
-    """Overrides a method needs to run on the tiny CLIP (its prompt depth at most the 2 blocks)."""
-    return TINY_METHOD_ARGS.get(method, [])
+def build_tiny(seed: int = 0, arch: Path = TINY_ARCH, **options) -> FrozenCLIP:
+    """A tiny random CLIP (seeded); ``options`` are `TextPassOptions` fields."""
+    from prompt_tuning.backbone import TextPassOptions
 
-
-def build_tiny(seed: int = 0) -> FrozenCLIP:
     torch.manual_seed(seed)
-    return FrozenCLIP.build("tiny", None, arch=json.loads(TINY_ARCH.read_text()))
+    name = "tiny" if arch == TINY_ARCH else arch.stem
+    return FrozenCLIP.build(name, None, arch=json.loads(arch.read_text()), options=TextPassOptions(**options))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,9 +56,30 @@ def tiny_clip() -> FrozenCLIP:
 
 
 @pytest.fixture(scope="session")
+def deep_clip() -> FrozenCLIP:
+    return build_tiny(arch=TINY_DEEP_ARCH)
+
+
+@pytest.fixture(scope="module")
+def clip4() -> FrozenCLIP:
+    """A tiny CLIP with 4 blocks per tower and different tower widths (`tests.helpers.ARCH4`)."""
+    from tests.helpers import ARCH4
+
+    torch.manual_seed(0)
+    return FrozenCLIP.build("tiny4", None, arch=ARCH4)
+
+
+@pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
     """9 classes, 16 train / 4 val / 20 test images each, 32 px, CoOp split-file layout."""
     return make_shapes(tmp_path_factory.mktemp("shapes"), seed=0)
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """A data root holding a small shapes dataset (2 train, 1 val, 2 test images per class)."""
+    make_shapes(tmp_path / "data" / "shapes", n_train=2, n_val=1, n_test=2)
+    return tmp_path / "data"
 
 
 @pytest.fixture

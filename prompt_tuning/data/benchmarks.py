@@ -12,8 +12,8 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
-from prompt_tuning.data.datasets import Item
-from prompt_tuning.errors import UserError
+from prompt_tuning.core.errors import UserError
+from prompt_tuning.data.datasets import Dataset, Item
 
 
 def listdir_nohidden(path: Path, sort: bool = False) -> list[str]:
@@ -42,7 +42,7 @@ def read_classnames(path: Path) -> OrderedDict[str, str]:
     return names
 
 
-class _Benchmark:
+class _Benchmark(Dataset):
     """Common attributes: ``root`` is the dataset's own folder (e.g. ``$DATA/imagenet``)."""
 
     dataset_dir = ""

@@ -9,9 +9,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from prompt_tuning.config import instantiate
-from prompt_tuning.data.datasets import classnames_of
-from prompt_tuning.errors import UserError
+from prompt_tuning.config.instantiate import instantiate
+from prompt_tuning.core.errors import UserError
+from prompt_tuning.data.datasets import Dataset, classnames_of
 
 
 @dataclass
@@ -38,7 +38,7 @@ def check_dataset(spec, expected_classes: int | None = None, decode: bool = True
     problem, and report counts, missing and unreadable images, label/name clashes and the class count."""
     report = Report(name=str(spec.get("init_args", {}).get("root", spec["class_path"])))
     try:
-        dataset = instantiate(spec)
+        dataset = instantiate(spec, Dataset, "dataset.class_path")
         load = dataset.load
         splits = load(verify=False) if "verify" in inspect.signature(load).parameters else load()
     except UserError as e:

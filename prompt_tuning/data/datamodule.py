@@ -9,8 +9,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from prompt_tuning.core.errors import UserError
 from prompt_tuning.data.datasets import Item
-from prompt_tuning.errors import UserError
 
 
 class ImageDataset(Dataset):

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-from prompt_tuning.errors import UserError
+from prompt_tuning.core.errors import UserError
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -45,7 +45,21 @@ def classnames_of(items: list[Item], where: str = "") -> list[str]:
     return [names[i] for i in range(len(names))]
 
 
-class SplitFile:
+class Dataset:
+    """Base class of datasets: a folder parsed into ``(path, label, classname)`` items per split (`load`), with
+    the dataset's hand-crafted ``template`` and ``name``; protocols do the rest. A config's ``dataset.class_path``
+    names a subclass. Optional attributes the few-shot cache reads: ``root``, ``fewshot_dir``, ``image_dir``,
+    ``val_is_test``."""
+
+    name: str
+    template: str
+
+    def load(self) -> dict[str, list[Item]]:
+        """Items of ``train``, ``val`` and ``test``."""
+        raise NotImplementedError
+
+
+class SplitFile(Dataset):
     """A dataset described by a CoOp-format split file.
 
     Args:
@@ -99,7 +113,7 @@ class SplitFile:
         return splits
 
 
-class ImageFolder:
+class ImageFolder(Dataset):
     """A dataset in ``root/{train,val,test}/<class name>/<image>`` folders.
 
     Args:
@@ -139,7 +153,7 @@ class ImageFolder:
         return splits
 
 
-class Folder:
+class Folder(Dataset):
     """A local folder in either layout, detected: ``train/`` class folders, or a single ``split_*.json``.
 
     This is what ``dataset=<directory>`` on the command line builds.

@@ -15,10 +15,10 @@ import random
 import warnings
 from pathlib import Path
 
+from prompt_tuning.core.errors import UserError
+from prompt_tuning.core.files import write_json
 from prompt_tuning.data.datasets import Item, check_exist
 from prompt_tuning.data.protocols import few_shot, few_shot_splits
-from prompt_tuning.errors import UserError
-from prompt_tuning.files import write_json
 
 
 class _Datum:

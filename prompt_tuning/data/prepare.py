@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prompt_tuning.errors import UserError
-from prompt_tuning.files import write_json
+from prompt_tuning.core.errors import UserError
+from prompt_tuning.core.files import write_json
 
 # class-name clean-ups of the reference dataset code
 EUROSAT_NAMES = {

@@ -12,8 +12,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prompt_tuning.core.errors import UserError
 from prompt_tuning.data.datasets import Item, classnames_of
-from prompt_tuning.errors import UserError
 
 SUBSAMPLES = ("all", "base", "novel")
 log = logging.getLogger(__name__)

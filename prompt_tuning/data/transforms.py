@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torchvision import transforms as T
 
-from prompt_tuning.clip import Preprocess
+from prompt_tuning.backbone import Preprocess
 
 _MODES = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
 

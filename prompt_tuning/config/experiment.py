@@ -1,0 +1,111 @@
+"""Experiment files: one per paper table, a grid of runs (methods x datasets x shots x seeds x any config key), the
+arguments every run shares, and the published numbers the table is compared with::
+
+    name: base2novel
+    output: outputs/base2novel          # runs go to <output>/<dataset>/<method>/<variant>/shots_<K>/seed_<S>
+    args: [protocol=base2novel]         # applied to every run (any train argument)
+    grid:                               # one run per combination; keys are groups, `seed` or any config key
+      method: [coop, cocoop]
+      dataset: [eurosat, dtd]
+      seed: [1, 2, 3]
+    published: {...}                    # numbers to compare with, read by `prompt-tuning table`
+    display: {coop: CoOp, "coop[n_ctx=4]": CoOp-4}   # names in plots (default: the papers' spelling)
+
+Grid values other than method, dataset, seed and ``protocol.shots`` are recorded as ``tags`` in each result (they
+distinguish ablation variants in tables).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from prompt_tuning.config.compose import compose, load_yaml
+from prompt_tuning.core.errors import UserError
+
+PATH_KEYS = ("dataset", "method", "protocol.shots", "seed")  # keys the standard run path already encodes
+SWEPT = "experiment.yaml"  # the copy of its experiment a sweep keeps in its output folder, for table and plot
+
+
+@dataclass
+class Run:
+    choice: dict[str, object]  # grid key -> value
+    args: list[str]  # the full train arguments
+    output_dir: Path
+    index: int = 0  # position in the experiment's full grid (a launcher's task recomposes run `index`)
+    cfg: object = None  # the composed config, once composed
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.choice.items())
+
+
+def load_experiment(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"experiment file {path} does not exist")
+    exp = OmegaConf.to_container(load_yaml(path, "experiment"), resolve=True)
+    for key in ("name", "grid"):
+        if key not in exp:
+            raise UserError(f"experiment {path} needs a '{key}' entry")
+    unknown = set(exp) - {"name", "description", "output", "args", "grid", "published", "display"}
+    if unknown:
+        raise UserError(f"experiment {path}: unknown entries {sorted(unknown)}; valid: name, description, "
+                        "output, args, grid, published, display")
+    exp.setdefault("output", f"outputs/{exp['name']}")
+    exp.setdefault("args", [])
+    return exp
+
+
+def expand(exp: dict, only: list[str] = ()) -> list[Run]:
+    """Every combination of the grid (in file order), filtered by ``only`` (``key=value`` strings)."""
+    grid = exp["grid"]
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"grid key {key!r} must map to a non-empty list, got {values!r}")
+    filters = {}
+    for f in only:
+        key, sep, value = f.partition("=")
+        if not sep or key not in grid:
+            raise UserError(f"--only {f!r}: give key=value with key one of {', '.join(grid)}")
+        filters.setdefault(key, set()).add(value)
+    if filters:
+        for key, wanted in filters.items():
+            unknown = sorted(wanted - {str(v) for v in grid[key]})
+            if unknown:
+                raise UserError(f"--only {key}={','.join(unknown)} matches nothing: the grid's {key} values are "
+                                f"{', '.join(map(str, grid[key]))}")
+    runs = []
+    for index, combo in enumerate(itertools.product(*grid.values())):
+        choice = dict(zip(grid, combo))
+        if any(str(choice[k]) not in v for k, v in filters.items()):
+            continue
+        tags = {k.rpartition(".")[2]: v for k, v in choice.items() if k not in PATH_KEYS and k not in
+                ("protocol", "model")}
+        variant = "_".join(f"{k}{v}" for k, v in tags.items()) or "default"
+        args = [*exp["args"], *(f"{k}={v}" for k, v in choice.items()),
+                *(f"tags.{k}={v}" for k, v in tags.items()), f"runtime.experiment={exp['name']}"]
+        out = (f"{exp['output']}/${{dataset.name}}/${{method.name}}/{variant}/shots_${{protocol.shots}}/"
+               f"seed_${{seed}}")
+        runs.append(Run(choice, [*args, f"output_dir={out}"], Path(), index))
+    return runs
+
+
+def expected_runs(exp: dict) -> dict | None:
+    """``{(method, shots): [datasets]}`` a plain method x dataset x shots grid should produce, read off each
+    run's composed config (so a recipe that sets the shots, as KgCoOp's cross-dataset 4, is expected there);
+    None for grids with other keys, whose method labels carry tags."""
+    if set(exp["grid"]) - {"method", "dataset", "seed", "protocol.shots"}:
+        return None
+    expected: dict = {}
+    for run in expand(exp):
+        try:
+            cfg = compose(run.args)
+        except UserError:  # e.g. a dataset folder that is gone: the table then shows what it finds
+            return None
+        datasets = expected.setdefault((str(cfg.method.name), int(cfg.protocol.shots)), [])
+        if cfg.dataset.name not in datasets:
+            datasets.append(str(cfg.dataset.name))
+    return expected

@@ -1,0 +1,70 @@
+"""The schema checks of a composed config: a command-line value of the type its key holds, and every numeric key
+within its range; each failure is one line naming the key, the value and what is accepted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from prompt_tuning.core.errors import UserError
+
+
+def check_type(key: str, old: Any, new: Any) -> None:
+    if old is None or new is None or isinstance(old, str) and old.startswith("${"):
+        return
+    ok = {
+        bool: (bool,),
+        int: (int,),
+        float: (int, float),
+        str: (str, int, float, bool),
+    }
+    for kind, accepted in ok.items():
+        if type(old) is kind:
+            if type(new) not in accepted or (kind is not bool and type(new) is bool):
+                raise UserError(f"{key}={new!r}: expected {kind.__name__}, like the current value {old!r}")
+            return
+    if isinstance(old, DictConfig | ListConfig) and type(new) in (int, float, bool, str):
+        raise UserError(f"{key}={new!r}: expected a {'mapping' if isinstance(old, DictConfig) else 'list'}")
+
+
+_INT = (int,)
+_NUM = (int, float)
+RANGES: dict[str, tuple[tuple, Any, str]] = {
+    "seed": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "protocol.shots": (_INT, lambda v: v == -1 or v >= 1, "images per class >= 1, or -1 for all"),
+    "optim.lr": (_NUM, lambda v: v > 0, "a number > 0"),
+    "optim.optimizer.init_args.momentum": (_NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "optim.weight_decay": (_NUM, lambda v: v >= 0, "a number >= 0"),
+    "optim.max_epochs": (_INT, lambda v: v >= 1, "an integer >= 1 (or null: protocol.epochs[shots])"),
+    "optim.optimizer.init_args.eps": (_NUM, lambda v: v > 0, "a number > 0"),
+    "optim.scheduler.init_args.warmup_epochs": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "optim.scheduler.init_args.warmup_lr": (_NUM, lambda v: v >= 0, "a number >= 0"),
+    "data.batch_size": (_INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.eval_batch_size": (_INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.cache_views": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "dataset.n_classes": (_INT, lambda v: v >= 1, "an integer >= 1 (or null)"),
+    "trainer.check_val_every_n_epoch": (_INT, lambda v: v >= 1, "an integer >= 1 (or null: no validation)"),
+    "trainer.log_every_n_steps": (_INT, lambda v: v >= 1, "an integer >= 1"),
+    "trainer.devices": (_INT, lambda v: v >= 1, "an integer >= 1 (processes, one per GPU)"),
+    "runtime.num_workers": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "runtime.text_chunk": (_INT, lambda v: v >= 0, "an integer >= 0 (0: no chunks)"),
+}
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Every numeric key within its range (`RANGES`), and the few structured numeric values; one-line errors
+    naming the key, the value and what is accepted."""
+    for key, (kinds, ok, accepted) in RANGES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if type(value) not in kinds or not ok(value):
+            raise UserError(f"{key}={value!r}: expected {accepted}")
+    scale = OmegaConf.select(cfg, "data.crop_scale", default=None)
+    if scale is not None and not (len(scale) == 2 and all(type(v) in _NUM for v in scale)
+                                  and 0 < scale[0] <= scale[1] <= 1):
+        raise UserError(f"data.crop_scale={list(scale)!r}: expected [min, max] with 0 < min <= max <= 1")
+    for shots, epochs in (OmegaConf.select(cfg, "protocol.epochs", default=None) or {}).items():
+        if type(epochs) is not int or epochs < 1:
+            raise UserError(f"protocol.epochs.{shots}={epochs!r}: expected an integer >= 1")

@@ -1,0 +1,1 @@
+"""Prompt contexts (`prompt_tuning.methods.base.Context`), one method per module."""

@@ -1,0 +1,1 @@
+"""Results of many runs: aggregation over seeds, tables against published numbers, plots."""

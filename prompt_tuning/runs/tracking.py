@@ -1,0 +1,72 @@
+"""Experiment trackers through Lightning's own loggers: ``runtime.loggers: [csv, tensorboard, wandb]``.
+
+``csv`` (the default) writes ``RUN/logs/metrics.csv``; ``tensorboard`` writes event files under
+``RUN/tensorboard``; ``wandb`` logs to Weights & Biases, offline (``RUN/wandb``) unless ``WANDB_MODE=online`` is
+set, in project ``runtime.wandb_project`` and grouped by ``runtime.experiment`` (a sweep sets it to the
+experiment's name). Every logger receives the resolved config, flattened, and the run hash as
+hyper-parameters. TensorBoard and W&B are optional: ``pip install -e '.[tracking]'``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from prompt_tuning.config.hashing import flatten
+from prompt_tuning.core.errors import UserError
+from prompt_tuning.runs.folder import RunFolder
+
+NEEDS = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # logger -> package it needs
+
+
+def check_loggers(cfg: DictConfig) -> list[str]:
+    """The logger names of ``runtime.loggers``, each known and installed, or a one-line error."""
+    names = [str(n) for n in (cfg.runtime.loggers or [])]
+    for name in names:
+        if name not in NEEDS:
+            raise UserError(f"runtime.loggers: unknown logger {name!r}; choose among {', '.join(NEEDS)}")
+        package = NEEDS[name]
+        if package and importlib.util.find_spec(package) is None:
+            raise UserError(f"runtime.loggers: {name} needs the package {package!r}, which is not installed: "
+                            "pip install -e '.[tracking]'")
+    return names
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """Lightning loggers for ``runtime.loggers``, writing under ``run_dir``."""
+    import pytorch_lightning as pl
+
+    loggers = []
+    for name in check_loggers(cfg):
+        if name == "csv":
+            loggers.append(pl.loggers.CSVLogger(run_dir, name=RunFolder.TRACKERS["csv"], version=""))
+        elif name == "tensorboard":
+            loggers.append(pl.loggers.TensorBoardLogger(run_dir, name=RunFolder.TRACKERS["tensorboard"], version="",
+                                                        default_hp_metric=False))
+        else:
+            offline = os.environ.get("WANDB_MODE", "offline") != "online"
+            loggers.append(pl.loggers.WandbLogger(
+                project=str(cfg.runtime.wandb_project), group=cfg.runtime.experiment or None,
+                name=f"{cfg.dataset.name}/{cfg.method.name}/shots_{cfg.protocol.shots}/seed_{cfg.seed}",
+                save_dir=str(run_dir), offline=offline, tags=[str(cfg.method.name), str(cfg.dataset.name)],
+            ))
+    return loggers
+
+
+def close_loggers(loggers: list) -> None:
+    """Flush and close what Lightning leaves open at the end of a run (a W&B run is finished, so its summary,
+    config and history are written now rather than at interpreter exit)."""
+    for logger in loggers:
+        logger.finalize("success")
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.finish()
+
+
+def hyperparameters(cfg: DictConfig, run_hash: str) -> dict:
+    """The resolved config as flat ``{"optim.lr": 0.002, ...}`` (lists and nulls as text) plus ``run_hash``."""
+    flat = {"run_hash": run_hash, **flatten(OmegaConf.to_container(cfg, resolve=True))}
+    return {k: v if isinstance(v, bool | int | float | str) else "null" if v is None else str(v)
+            for k, v in flat.items()}
