@@ -85,3 +85,32 @@ def data(tmp_path) -> Path:
 @pytest.fixture
 def task() -> Task:
     return Task(("red circle", "great_crested_grebe", "dog", "blue square"), "a photo of a {}.")
+
+
+class ComposedRuns:
+    """Composed configs memoised by (working folder, arguments): the tests that compose every run of the paper
+    experiments (their recipes, their dry-run counts) compose each run once per session, not once per test."""
+
+    def __init__(self):
+        from prompt_tuning.config.compose import compose_annotated
+
+        self.real, self.memo = compose_annotated, {}
+
+    def __call__(self, args):
+        import copy
+
+        key = (os.getcwd(), tuple(args))
+        if key not in self.memo:
+            self.memo[key] = self.real(args)
+        return copy.deepcopy(self.memo[key])  # a caller may change its config (compose_run sets resume)
+
+
+@pytest.fixture(scope="session")
+def composed_runs() -> ComposedRuns:
+    return ComposedRuns()
+
+
+@pytest.fixture(scope="session")
+def paper_cwd(tmp_path_factory) -> Path:
+    """An empty working folder (no dataset under it) for composing the paper experiments."""
+    return tmp_path_factory.mktemp("paper-cwd")

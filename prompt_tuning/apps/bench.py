@@ -530,6 +530,12 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("classes", "shots", "repeats", "test_per_class", "eval_batch", "cocoop_classes"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')}={getattr(args, flag)}: expected an integer >= 1")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device {args.device!r}: not a torch device (cpu, cuda, cuda:1, ...)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
     import logging
 
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" notice

@@ -176,27 +176,46 @@ def _datasets(args) -> int:
     return 1 if report.problems else 0
 
 
-def _table(args) -> None:
-    from prompt_tuning.config.experiment import SWEPT, expected_runs, load_experiment
-    from prompt_tuning.reporting.results import aggregate, collect, format_table
+def _experiment_results(args, log=print) -> tuple[dict | None, list[dict], list | None]:
+    """The experiment of a results folder (``--experiment``, or the copy a sweep keeps there), the results that
+    count (its grid's runs of its configuration; every one without an experiment), and its composed runs. The
+    results that do not count are said on stderr."""
+    from prompt_tuning.config.experiment import SWEPT, composed_runs, grid_hashes, load_experiment
+    from prompt_tuning.reporting.results import collect
 
     exp_path = Path(args.experiment) if args.experiment else Path(args.dir) / SWEPT
     exp = load_experiment(exp_path) if exp_path.is_file() else None
-    results = collect(args.dir)
+    cfgs = composed_runs(exp) if exp else None
+    ignored: list = []
+    results = collect(args.dir, grid_hashes(exp, cfgs) if cfgs is not None else None, ignored)
+    if ignored:
+        print(f"ignored {len(ignored)} result.json not counted in this experiment:", file=sys.stderr)
+        for path, why in ignored[:10]:
+            print(f"  {path}: {why}", file=sys.stderr)
+        if len(ignored) > 10:
+            print(f"  and {len(ignored) - 10} more", file=sys.stderr)
+    return exp, results, cfgs
+
+
+def _table(args) -> None:
+    from prompt_tuning.config.experiment import expected_runs
+    from prompt_tuning.reporting.results import aggregate, format_table
+
+    exp, results, cfgs = _experiment_results(args)
     if not results and exp is None:
         raise UserError(f"no result.json under {args.dir}")
-    table = aggregate(results, expected_runs(exp) if exp else None)
+    table = aggregate(results, expected_runs(exp, cfgs) if exp else None)
     seeds = len(exp["grid"].get("seed", [1])) if exp else None
     print(format_table(table, args.format, exp.get("published") if exp else None, seeds))
 
 
 def _plot(args) -> None:
-    from prompt_tuning.config.experiment import SWEPT, load_experiment
     from prompt_tuning.reporting.plot import plot
 
-    exp_path = Path(args.experiment) if args.experiment else Path(args.dir) / SWEPT
-    exp = load_experiment(exp_path) if exp_path.is_file() else {}
-    for path in plot(args.dir, args.out, args.format, args.dpi, exp.get("display"), exp.get("published")):
+    exp, results, _ = _experiment_results(args)
+    exp = exp or {}
+    for path in plot(args.dir, args.out, args.format, args.dpi, exp.get("display"), exp.get("published"),
+                     results=results):
         print(f"wrote {path}")
 
 

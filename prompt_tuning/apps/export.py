@@ -59,6 +59,9 @@ def export_head(run_dir: str | Path, out: str | Path, classes_file: str | Path |
     """
     from safetensors.torch import save_file
 
+    if Path(out).is_dir():
+        raise UserError(f"--out {out} is a folder: give the .safetensors file to write")
+
     from prompt_tuning.config.instantiate import instantiate
     from prompt_tuning.data.datasets import Dataset, classnames_of
     from prompt_tuning.methods.base import Task

@@ -129,7 +129,7 @@ class Local:
                     with open(path, "w") as f:
                         proc = subprocess.Popen(
                             [sys.executable, "-m", "prompt_tuning.apps.launchers", str(experiment), str(run.index),
-                             *overrides], stdout=f, stderr=subprocess.STDOUT, env=env)
+                             *overrides], stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
                     running[proc] = (run, taken, path)
                 for proc in [p for p in running if p.poll() is not None]:
                     run, taken, path = running.pop(proc)
@@ -146,8 +146,24 @@ class Local:
         return outcome
 
 
+def die_with_parent() -> None:
+    """Ask Linux to end this process when its parent dies (a sweep killed with SIGKILL leaves no orphan worker
+    training on); nothing elsewhere."""
+    try:
+        import ctypes
+        import signal
+
+        # PR_SET_PDEATHSIG with SIGKILL: Lightning takes SIGTERM as a note and trains on; every write of a run is
+        # a rename of a whole file, so a kill loses at most the epoch under way
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+
 def _worker_init(devices, threads: int, cwd: str) -> None:
-    """A local worker: its GPU (if any), its share of the CPU cores, the sweep's working folder."""
+    """A local worker: its GPU (if any), its share of the CPU cores, the sweep's working folder; it dies with
+    the sweep."""
+    die_with_parent()
     gpu = devices.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu

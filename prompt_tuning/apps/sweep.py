@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,18 @@ from prompt_tuning.core.errors import HelpFormatter, UserError
 from prompt_tuning.core.files import write_atomic
 from prompt_tuning.core.locks import Busy
 from prompt_tuning.runs.folder import RunFolder
+
+
+def refuse_shared_folders(runs: list) -> None:
+    """Two runs of a grid that would write into one folder (a grid key the run path does not show) are refused
+    before anything runs: the second would find the first's result and report it as its own."""
+    seen: dict = {}
+    for run in runs:
+        other = seen.setdefault(run.output_dir.resolve(), run)
+        if other is not run:
+            raise UserError(f"runs {other.describe()} and {run.describe()} both write to {run.output_dir}: put the "
+                            "grid key that tells them apart into output_dir (the experiment's args), or sweep them "
+                            "into separate outputs")
 
 
 def recipe_note(composed: Composed) -> str:
@@ -51,6 +64,7 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
     runs = expand(exp, only)
     composed = [compose_run(run, progress, overwrite) for run in runs]
     cfgs = [c.cfg for c in composed]
+    refuse_shared_folders(runs)
     if launcher is None and any(int(cfg.trainer.devices) > 1 for cfg in cfgs):
         launcher = Local(jobs=1)  # a multi-device run starts its own processes: each run in a process of its own
     states = [status(cfg) for cfg in cfgs]  # a failed run is to do again
@@ -83,7 +97,9 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
     if launcher is not None:
         todo_runs = [runs[i] for i in todo]
         if todo_runs:
-            passed = [*overrides, *(["overwrite=true"] if overwrite else [])]  # each task composes its run again
+            sweep_id = f"s-{uuid.uuid4().hex[:12]}"  # recorded by the runs this sweep trains
+            passed = [*overrides, *(["overwrite=true"] if overwrite else []),  # each task composes its run again
+                      f"runtime.sweep_id={sweep_id}"]
             outcome = launcher.run(str(Path(path).resolve()), passed, todo_runs, Path(exp["output"]), log,
                                    exp["name"])
             if outcome is None:  # submitted, not waited for
@@ -92,8 +108,11 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
             for run in todo_runs:
                 error = outcome[run.index]
                 state = status(run.cfg)
-                if error is None and state == "done":
+                if error is None and state == "done" and (RunFolder(run.output_dir).result() or {}).get(
+                        "sweep_id") == sweep_id:
                     counts["ran"] += 1
+                elif error is None and state == "done":  # another process finished it meanwhile
+                    counts["done"] += 1
                 elif error is None:
                     counts["running"] += 1
                 else:

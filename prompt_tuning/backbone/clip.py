@@ -118,10 +118,10 @@ class FrozenCLIP(nn.Module):
     @classmethod
     def build(cls, name: str = "ViT-B-16", pretrained: str | None = "openai", arch: dict | str | None = None,
               cache_dir: str | None = None, quick_gelu: bool | str = "auto",
-              options: TextPassOptions = TextPassOptions()) -> FrozenCLIP:
+              options: TextPassOptions = TextPassOptions(), allow_torchscript: bool = False) -> FrozenCLIP:
         """Build from an open_clip architecture name, a pretrained tag or local checkpoint, or a config dict
         (`prompt_tuning.backbone.loading.load_open_clip` says how each is read)."""
-        loaded = load_open_clip(name, pretrained, arch, cache_dir, quick_gelu)
+        loaded = load_open_clip(name, pretrained, arch, cache_dir, quick_gelu, allow_torchscript)
         return cls(loaded.model, loaded.tokenizer, loaded.preprocess, loaded.name, loaded.weights, options)
 
     def with_options(self, **changes) -> FrozenCLIP:
@@ -208,8 +208,19 @@ class FrozenCLIP(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- tokens
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
-        """Token ids ``(n, context_length)`` on the model's device."""
-        return self.tokenizer([texts] if isinstance(texts, str) else list(texts)).to(self.device)
+        """Token ids ``(n, context_length)`` on the model's device; a text longer than the text encoder takes is
+        an error (open_clip would cut it silently, and classes whose names fall past the cut would get the same
+        features)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        tokens = self.tokenizer(texts)
+        for i in torch.nonzero(tokens[:, -1] != 0).flatten().tolist():  # rows that fill every position
+            n = len(self.tokenizer.encode(texts[i])) + 2  # with the start and end tokens
+            if n > self.context_length:
+                shown = texts[i] if len(texts[i]) <= 80 else texts[i][:77] + "..."
+                raise UserError(f"the prompt {shown!r} is {n} tokens long; the text encoder of {self.name} takes "
+                                f"{self.context_length}: use fewer context vectors (n_ctx), a shorter template or "
+                                "shorter class names")
+        return tokens.to(self.device)
 
     def n_tokens(self, text: str) -> int:
         """Number of BPE tokens of `text` (without start/end tokens)."""

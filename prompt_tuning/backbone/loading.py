@@ -45,7 +45,8 @@ class Loaded:
 
 
 def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", arch: dict | str | None = None,
-                   cache_dir: str | None = None, quick_gelu: bool | str = "auto") -> Loaded:
+                   cache_dir: str | None = None, quick_gelu: bool | str = "auto",
+                   allow_torchscript: bool = False) -> Loaded:
     """An open_clip model from an architecture name, a pretrained tag or local checkpoint, or a config dict.
 
     Args:
@@ -60,10 +61,12 @@ def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", ar
             files in OpenAI's format (the TorchScript archives OpenAI released, or a state dict with their
             ``input_resolution``/``context_length``/``vocab_size`` entries); ``true``/``false`` force it.
             Weights trained with QuickGELU give other features under GELU, and open_clip only warns.
+        allow_torchscript: load a local TorchScript archive (OpenAI's original release format); loading one runs
+            code from the file, so it is refused unless asked for.
     """
     force = _quick_gelu_setting(quick_gelu)
     local = bool(pretrained) and os.path.isfile(str(pretrained))
-    state, openai_format = read_checkpoint(pretrained) if local else (None, False)
+    state, openai_format = read_checkpoint(pretrained, allow_torchscript) if local else (None, False)
     if arch is not None:
         cfg = _read_arch(arch)
         model_cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
@@ -198,7 +201,7 @@ def _is_torchscript(path: str | os.PathLike) -> bool:
         return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict | None, bool]:
+def read_checkpoint(path: str | os.PathLike, allow_torchscript: bool = False) -> tuple[dict | None, bool]:
     """A local weight file's state dict and whether it is in OpenAI's format (a TorchScript archive, or a
     state dict carrying OpenAI's ``input_resolution``/``context_length``/``vocab_size`` entries).
 
@@ -209,6 +212,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict | None, bool]:
     if Path(path).suffix in (".safetensors", ".npz", ".npy"):
         return None, False
     try:
+        if _is_torchscript(path) and not allow_torchscript:
+            raise UserError(f"model.pretrained={path!r} is a TorchScript archive (OpenAI's original release format): "
+                            "loading one runs code stored in the file; if you trust it, pass "
+                            "model.allow_torchscript=true, or convert it to a state dict once")
         if _is_torchscript(path):
             with warnings.catch_warnings():  # torch deprecates jit.load; OpenAI's files need it all the same
                 warnings.simplefilter("ignore", FutureWarning)

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -168,11 +170,13 @@ def compose_annotated(args: list[str] | tuple[str, ...] = ()) -> Composed:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"these keys need a value: {', '.join(missing)}")
+    from_env = environment_keys(cfg)
     for c in (cfg, plain):
         try:
             OmegaConf.resolve(c)
         except OmegaConfBaseException as e:
-            raise UserError(f"config interpolation failed: {e}") from e
+            raise UserError(f"config interpolation failed: {' '.join(str(e).split())[:300]}") from e
+    cfg.runtime.env = {k: v.replace("${", "\\${") for k, v in from_env.items()}  # kept as text, not resolved
     check_ranges(cfg)
     check_init_args(cfg)
     sources = {key: r.source for r in matched for key in leaf_keys(r.values)}
@@ -199,10 +203,52 @@ def apply_overrides(cfg: DictConfig, overrides: list[tuple[str, str]]) -> None:
         _override(cfg, key, value)
 
 
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # an interpolation of another key, ${a.b}
+
+
+def environment_keys(cfg: DictConfig) -> dict[str, str]:
+    """The keys of an unresolved config whose values come from environment variables (``${oc.env:...}``, or an
+    interpolation of such a key), each with its interpolation: what files record instead of the values, which
+    may be secrets or one machine's paths."""
+    raw = {}
+    for key, value in _leaves(cfg):
+        if isinstance(value, str) and "${" in value:
+            raw[key] = value
+    derived = {k: v for k, v in raw.items() if "${oc.env:" in v}
+    while True:  # keys that interpolate an environment-derived key are derived too
+        more = {k: v for k, v in raw.items() if k not in derived and any(
+            ref in derived for ref in _REFERENCE.findall(v))}
+        if not more:
+            return derived
+        derived.update(more)
+
+
+def _leaves(node: Any, prefix: str = ""):
+    """(dotted key, raw value) of every leaf, interpolations unresolved."""
+    if isinstance(node, DictConfig):
+        for key in node:
+            yield from _leaves(node._get_node(key), f"{prefix}{key}.")
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            yield from _leaves(node._get_node(i), f"{prefix}{i}.")
+    else:
+        yield prefix.rstrip("."), node._value()
+
+
+def without_environment(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the interpolations of `environment_keys` (``runtime.env``) in place of their values."""
+    out = copy.deepcopy(cfg)
+    for key, interpolation in (OmegaConf.select(cfg, "runtime.env", default=None) or {}).items():
+        if OmegaConf.select(out, key, default=None) is not None:
+            OmegaConf.update(out, key, interpolation, merge=False, force_add=True)
+    return out
+
+
 def annotated_yaml(cfg: DictConfig, sources: dict[str, str]) -> str:
-    """``cfg`` as YAML with ``# source`` beside every value whose dotted key is in ``sources``."""
+    """``cfg`` as YAML with ``# source`` beside every value whose dotted key is in ``sources``; values that come
+    from environment variables are written as their interpolations (`without_environment`)."""
     lines, stack = [], []  # stack of (indent, key) down to the current line
-    for line in OmegaConf.to_yaml(cfg).splitlines():
+    for line in OmegaConf.to_yaml(without_environment(cfg)).splitlines():
         stripped = line.lstrip(" ")
         indent = len(line) - len(stripped)
         if stripped.startswith("- ") or ":" not in stripped:
@@ -234,7 +280,10 @@ def _parse(value: str) -> Any:
     interpolations (``${seed}``) are kept, to be resolved with the whole config."""
     if value == "":
         return ""
-    node = OmegaConf.from_dotlist([f"v={value}"])._get_node("v")
+    try:
+        node = OmegaConf.from_dotlist([f"v={value}"])._get_node("v")
+    except yaml.YAMLError:  # not YAML (``{} and {}``): the text as written
+        return value
     if isinstance(node, DictConfig | ListConfig):
         return OmegaConf.to_container(node, resolve=False)
     return node._value()
@@ -262,6 +311,7 @@ def _override(cfg: DictConfig, key: str, value: str) -> None:
             parent["init_args"] = {}
             OmegaConf.set_struct(parent.init_args, False)
     parent[leaf] = new
+    open_init_args(parent)  # a section set whole (init_args={...}) stays as open as the one it replaced
 
 
 def dataset_section(name: str, data_root: str | None = None) -> DictConfig:

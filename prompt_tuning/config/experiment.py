@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from prompt_tuning.config.compose import compose, load_yaml
 from prompt_tuning.core.errors import UserError
@@ -46,10 +47,15 @@ def load_experiment(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"experiment file {path} does not exist")
-    exp = OmegaConf.to_container(load_yaml(path, "experiment"), resolve=True)
+    try:
+        exp = OmegaConf.to_container(load_yaml(path, "experiment"), resolve=True)
+    except OmegaConfBaseException as e:  # an unknown resolver, a key that refers to itself
+        raise UserError(f"experiment {path}: {' '.join(str(e).split())[:300]}") from e
     for key in ("name", "grid"):
         if key not in exp:
             raise UserError(f"experiment {path} needs a '{key}' entry")
+    if not isinstance(exp["grid"], dict) or not isinstance(exp.get("args", []), list):
+        raise UserError(f"experiment {path}: 'grid' must map keys to lists of values and 'args' must be a list")
     unknown = set(exp) - {"name", "description", "output", "args", "grid", "published", "display"}
     if unknown:
         raise UserError(f"experiment {path}: unknown entries {sorted(unknown)}; valid: name, description, "
@@ -65,6 +71,11 @@ def expand(exp: dict, only: list[str] = ()) -> list[Run]:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise UserError(f"grid key {key!r} must map to a non-empty list, got {values!r}")
+        if any(isinstance(v, dict | list) for v in values):
+            raise UserError(f"grid key {key!r}: its values must be single values (a name, a number), got {values!r}")
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise UserError(f"grid key {key!r} lists {', '.join(repeated)} more than once: each value is one run")
     filters = {}
     for f in only:
         key, sep, value = f.partition("=")
@@ -93,18 +104,36 @@ def expand(exp: dict, only: list[str] = ()) -> list[Run]:
     return runs
 
 
-def expected_runs(exp: dict) -> dict | None:
+def composed_runs(exp: dict) -> list | None:
+    """The composed config of every run of the grid, or None when one cannot be composed here (e.g. a dataset
+    folder that is gone: tables then show what they find)."""
+    try:
+        return [compose(run.args) for run in expand(exp)]
+    except UserError:
+        return None
+
+
+def grid_hashes(exp: dict, cfgs: list) -> dict[str, str]:
+    """Each run of the grid's folder, relative to the experiment's output, with its run hash: the results a
+    table and a plot of the experiment count (any other ``result.json`` there is not the experiment's)."""
+    from prompt_tuning.config.hashing import run_hash
+
+    root = Path(exp["output"])
+    return {str(Path(cfg.output_dir).relative_to(root)) if Path(cfg.output_dir).is_relative_to(root)
+            else str(cfg.output_dir): run_hash(cfg) for cfg in cfgs}
+
+
+def expected_runs(exp: dict, cfgs: list | None = None) -> dict | None:
     """``{(method, shots): [datasets]}`` a plain method x dataset x shots grid should produce, read off each
     run's composed config (so a recipe that sets the shots, as KgCoOp's cross-dataset 4, is expected there);
     None for grids with other keys, whose method labels carry tags."""
     if set(exp["grid"]) - {"method", "dataset", "seed", "protocol.shots"}:
         return None
+    cfgs = composed_runs(exp) if cfgs is None else cfgs
+    if cfgs is None:
+        return None
     expected: dict = {}
-    for run in expand(exp):
-        try:
-            cfg = compose(run.args)
-        except UserError:  # e.g. a dataset folder that is gone: the table then shows what it finds
-            return None
+    for cfg in cfgs:
         datasets = expected.setdefault((str(cfg.method.name), int(cfg.protocol.shots)), [])
         if cfg.dataset.name not in datasets:
             datasets.append(str(cfg.dataset.name))

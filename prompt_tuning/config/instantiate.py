@@ -21,6 +21,15 @@ from prompt_tuning.core.errors import UserError, close_matches
 INJECTED = {"clip": "the frozen model", "task": "the class set", "params": "the method's learned tensors",
             "lr": "optim.lr", "weight_decay": "optim.weight_decay"}
 
+# the config keys that name a class to build, and the base class each expects (by name, imported when checked)
+SLOTS = {"dataset": "prompt_tuning.data.datasets.Dataset",
+         "method.context": "prompt_tuning.methods.base.Method",
+         "method.objective": "prompt_tuning.methods.objectives.Objective",
+         "method.gradient_rule": "prompt_tuning.methods.gradients.GradientRule",
+         "method.averaging": "prompt_tuning.methods.averaging.Averaging",
+         "optim.optimizer": "torch.optim.Optimizer",
+         "optim.scheduler": "prompt_tuning.runs.schedules.Schedule"}
+
 
 def merged(base: DictConfig, over: Any) -> DictConfig:
     """``OmegaConf.merge(base, over)``, except that a ``{class_path, init_args}`` whose class ``over`` changes
@@ -64,10 +73,27 @@ def specs(cfg: DictConfig, prefix: str = ""):
             yield from specs(node, full + ".")
 
 
+def check_class(cls: Any, base: str | type | tuple[type, ...], where: str, class_path: str) -> None:
+    """Refuse ``cls`` unless it is a subclass of ``base`` (a class, classes, or a class's dotted name)."""
+    bases = (import_class(base, "base"),) if isinstance(base, str) else base if isinstance(base, tuple) else (base,)
+    if not (isinstance(cls, type) and issubclass(cls, bases)):
+        expected = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
+        raise UserError(f"{where}={class_path!r} is not a subclass of {expected}: a config names only classes "
+                        "of the kind its key expects")
+
+
 def check_init_args(cfg: DictConfig) -> None:
-    """Every ``init_args`` of the config names arguments of its class, with values of their annotated types."""
+    """Every ``class_path`` of the config sits at a key that builds a class (`SLOTS`) and names a subclass of
+    that key's base (imported, never called); every ``init_args`` names arguments of its class, with values of
+    their annotated types."""
     for key, spec in specs(cfg):
+        if key not in SLOTS:
+            raise UserError(f"{key}.class_path: nothing is built from this key; classes are named only at "
+                            f"{', '.join(SLOTS)}")
+        if OmegaConf.is_missing(spec, "class_path"):
+            continue
         cls = import_class(spec.class_path, f"{key}.class_path")
+        check_class(cls, SLOTS[key], f"{key}.class_path", spec.class_path)
         params = inspect.signature(cls).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue
@@ -85,8 +111,9 @@ def check_init_args(cfg: DictConfig) -> None:
             value = OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
             hint = annotation_of(cls, params[arg])
             if not accepts(value, hint):
+                braces = "; YAML reads {...} as a mapping: quote the text" if isinstance(value, dict) else ""
                 raise UserError(f"{key}.init_args.{arg}={value!r}: expected {_type_name(hint)} "
-                                f"(the argument's type in {spec.class_path})")
+                                f"(the argument's type in {spec.class_path}){braces}")
 
 
 _NOT_CHECKED = object()
@@ -142,19 +169,22 @@ def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("collections.abc.", "")
 
 
-def instantiate(spec: DictConfig | dict, base: type | tuple[type, ...], where: str = "class_path",
+def instantiate(spec: DictConfig | dict, base: str | type | tuple[type, ...], where: str = "class_path",
                 **injected: Any) -> Any:
     """Build ``spec.class_path(**spec.init_args, **injected)``, where the class is a subclass of ``base`` (the slot's
-    contract), checked before anything is called; only the injected arguments that the class names in its signature
+    contract: a class, classes, or the dotted name of a class, as in `SLOTS`), checked before anything is
+    called; only the injected arguments that the class names in its signature
     are passed, so a class that needs no ``task`` need not accept one."""
     spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
     cls = import_class(spec["class_path"], where)
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        bases = base if isinstance(base, tuple) else (base,)
-        expected = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
-        raise UserError(f"{where}={spec['class_path']!r} is not a subclass of {expected}: a config names only "
-                        "classes of the kind its key expects")
+    check_class(cls, base, where, spec["class_path"])
     params = inspect.signature(cls).parameters
     kwargs = {k: v for k, v in injected.items() if k in params}
     kwargs.update(spec.get("init_args") or {})
     return cls(**kwargs)
+
+
+def build_slot(cfg: DictConfig, key: str, **injected: Any) -> Any:
+    """The object the config's ``key`` (one of `SLOTS`) names, or None where the key is null."""
+    spec = OmegaConf.select(cfg, key)
+    return None if spec is None else instantiate(spec, SLOTS[key], f"{key}.class_path", **injected)

@@ -3,6 +3,8 @@ within its range; each failure is one line naming the key, the value and what is
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -30,16 +32,28 @@ def check_type(key: str, old: Any, new: Any) -> None:
 
 _INT = (int,)
 _NUM = (int, float)
+_NAME = re.compile(r"^[^./\\][^/\\]*$")  # one path component: no separator, not hidden, not "." or ".."
+
+
+_FLOAT32_MAX = 3.4028234663852886e38  # rates become float32 tensors in the optimizer's step
+
+
+def _finite(v) -> bool:
+    return math.isfinite(float(v)) and abs(float(v)) <= _FLOAT32_MAX
+
+
 RANGES: dict[str, tuple[tuple, Any, str]] = {
-    "seed": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    # the largest seed whose per-epoch seeds (seed * 1000 + epoch) fit numpy's 32 bits
+    "seed": (_INT, lambda v: 0 <= v <= 4_000_000, "an integer >= 0 and <= 4000000"),
     "protocol.shots": (_INT, lambda v: v == -1 or v >= 1, "images per class >= 1, or -1 for all"),
-    "optim.lr": (_NUM, lambda v: v > 0, "a number > 0"),
+    "optim.lr": (_NUM, lambda v: _finite(v) and v > 0, "a number > 0 (finite, below 3.4e38)"),
     "optim.optimizer.init_args.momentum": (_NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "optim.weight_decay": (_NUM, lambda v: v >= 0, "a number >= 0"),
+    "optim.weight_decay": (_NUM, lambda v: _finite(v) and v >= 0, "a number >= 0 (finite, below 3.4e38)"),
     "optim.max_epochs": (_INT, lambda v: v >= 1, "an integer >= 1 (or null: protocol.epochs[shots])"),
-    "optim.optimizer.init_args.eps": (_NUM, lambda v: v > 0, "a number > 0"),
+    "optim.optimizer.init_args.eps": (_NUM, lambda v: _finite(v) and v > 0, "a number > 0 (finite, below 3.4e38)"),
     "optim.scheduler.init_args.warmup_epochs": (_INT, lambda v: v >= 0, "an integer >= 0"),
-    "optim.scheduler.init_args.warmup_lr": (_NUM, lambda v: v >= 0, "a number >= 0"),
+    "optim.scheduler.init_args.warmup_lr": (_NUM, lambda v: _finite(v) and v >= 0,
+                                            "a number >= 0 (finite, below 3.4e38)"),
     "data.batch_size": (_INT, lambda v: v >= 1, "an integer >= 1"),
     "data.eval_batch_size": (_INT, lambda v: v >= 1, "an integer >= 1"),
     "data.cache_views": (_INT, lambda v: v >= 0, "an integer >= 0"),
@@ -49,6 +63,12 @@ RANGES: dict[str, tuple[tuple, Any, str]] = {
     "trainer.devices": (_INT, lambda v: v >= 1, "an integer >= 1 (processes, one per GPU)"),
     "runtime.num_workers": (_INT, lambda v: v >= 0, "an integer >= 0"),
     "runtime.text_chunk": (_INT, lambda v: v >= 0, "an integer >= 0 (0: no chunks)"),
+    "data.feature_dtype": ((str,), lambda v: v in ("float32", "float16"), "float32 or float16"),
+    "protocol.subsample": ((str,), lambda v: v in ("all", "base", "novel", "new"), "all, base or novel"),
+    "dataset.name": ((str,), lambda v: bool(_NAME.match(v)), "a name without / or a leading . (it names a folder)"),
+    "method.name": ((str,), lambda v: bool(_NAME.match(v)), "a name without / or a leading . (it names a folder)"),
+    "protocol.name": ((str,), lambda v: bool(_NAME.match(v)), "a name without / or a leading . (it names a folder)"),
+    "output_dir": ((str,), lambda v: bool(v.strip()), "a folder (not empty)"),
 }
 
 
@@ -59,8 +79,20 @@ def check_ranges(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:
             continue
-        if type(value) not in kinds or not ok(value):
-            raise UserError(f"{key}={value!r}: expected {accepted}")
+        try:
+            good = type(value) in kinds and ok(value)
+        except (OverflowError, ValueError):  # an integer too large for a float
+            good = False
+        if not good:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise UserError(f"{key}={shown}: expected {accepted}")
+    subsets = OmegaConf.select(cfg, "protocol.eval_subsets", default=None) or []
+    if any(s not in ("all", "base", "novel", "new") for s in subsets):
+        raise UserError(f"protocol.eval_subsets={list(subsets)!r}: each one of all, base or novel")
+    if OmegaConf.select(cfg, "protocol.subsample", default="all") == "all" and {"base", "novel", "new"} & set(subsets):
+        raise UserError(f"protocol.eval_subsets={list(subsets)!r} with protocol.subsample=all: the run trains on "
+                        "every class, so its base and novel accuracies would test classes it was trained on; "
+                        "train on protocol.subsample=base (protocol=base2novel does)")
     scale = OmegaConf.select(cfg, "data.crop_scale", default=None)
     if scale is not None and not (len(scale) == 2 and all(type(v) in _NUM for v in scale)
                                   and 0 < scale[0] <= scale[1] <= 1):

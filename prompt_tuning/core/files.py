@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,13 +26,33 @@ def atomic_path(path: str | os.PathLike):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
     except OSError as e:
-        raise UserError(f"cannot write to {path.parent}: {e.strerror}; choose another output_dir") from e
+        raise UserError(f"cannot write to {path.parent}: {e.strerror}") from e
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a folder that became read-only
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+TEMPORARY = ".*.tmp"  # what atomic_path leaves behind when its process is killed mid-write
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 3600.0) -> int:
+    """Delete the temporary files of writes killed in ``folder`` (not its subfolders) at least ``older_than``
+    seconds ago (younger ones may belong to a live writer); returns how many."""
+    now, removed = time.time(), 0
+    for tmp in Path(folder).glob(TEMPORARY):
+        try:
+            if now - tmp.stat().st_mtime >= older_than:
+                tmp.unlink()
+                removed += 1
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:

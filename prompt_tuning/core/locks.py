@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,14 +94,19 @@ class FileLock:
         self.created: list[Path] = []  # folders acquire() made, removed again on release if still empty
 
     def holder(self) -> dict | None:
-        """Who holds the lock (None if nobody, or if the lock is stale)."""
+        """Who holds the lock (None if nobody, or if the lock is stale). Locks are written whole (`acquire`), so
+        an empty or unreadable one was not written by this toolkit's writer: it is stale, and said so."""
         try:
             info = json.loads(self.path.read_text())
+            if not isinstance(info, dict):
+                raise ValueError("not a mapping")
+            pid = int(info.get("pid", -1))
         except FileNotFoundError:
             return None
-        except (json.JSONDecodeError, OSError):
-            return {"host": "?", "pid": -1, "damaged": True}
-        if info.get("host") == self.owner["host"] and not _alive(int(info.get("pid", -1))):
+        except (ValueError, TypeError, UnicodeDecodeError, OSError):
+            log.warning("lock %s is damaged (empty or unreadable): taken as stale", self.path)
+            return None
+        if info.get("host") == self.owner["host"] and not _alive(pid):
             return None
         if info.get("host") != self.owner["host"] and info.get("job") and job_queued(info["job"]) is False:
             return None  # its SLURM job has ended (cancelled, timed out, node lost)
@@ -129,7 +135,7 @@ class FileLock:
             raise UserError(f"cannot write to {self.path.parent}: {e.strerror}; choose another output_dir") from e
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create()
             except FileExistsError:
                 holder = self.holder()
                 if holder is not None:
@@ -140,16 +146,28 @@ class FileLock:
                 continue
             except OSError as e:  # a read-only or full file system: waiting would never help
                 raise UserError(f"cannot write the lock {self.path}: {e.strerror}") from e
-            with os.fdopen(fd, "w") as f:
-                json.dump({**self.owner, "since": time.time()}, f)
             return
         raise UserError(f"could not take the lock {self.path}; another process keeps re-creating it")
+
+    def _create(self) -> None:
+        """Create the lock file whole or not at all: its content goes to a temporary file, which is then linked to
+        the lock's name (atomic, and refused when the lock exists), so a kill or a full disk never leaves an empty
+        lock."""
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({**self.owner, "since": time.time()}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, self.path)
+        finally:
+            os.unlink(tmp)
 
     def release(self) -> None:
         try:
             if json.loads(self.path.read_text()).get("pid") == self.owner["pid"]:
                 self.path.unlink()
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (OSError, ValueError, AttributeError):  # gone, or not ours
             pass
         for folder in self.created:  # a run that wrote nothing leaves no empty folders behind
             try:

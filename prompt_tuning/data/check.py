@@ -22,6 +22,7 @@ class Report:
     counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # split -> (images, classes)
     n_classes: int | None = None
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # worth knowing, not wrong (ImageNet has two "crane"s)
 
     def format(self) -> str:
         lines = [f"dataset {self.name}"]
@@ -29,6 +30,7 @@ class Report:
             lines.append(f"  {split:5s} {images:8d} images  {classes:5d} classes")
         if self.n_classes is not None:
             lines.append(f"  classes: {self.n_classes}")
+        lines += [f"  WARNING: {w}" for w in self.warnings]
         lines += [f"  PROBLEM: {p}" for p in self.problems] or ["  no problems found"]
         return "\n".join(lines)
 
@@ -48,7 +50,14 @@ def check_dataset(spec, expected_classes: int | None = None, decode: bool = True
     for split, items in splits.items():
         report.counts[split] = (len(items), len({it.label for it in items}))
     try:
-        report.n_classes = len(classnames_of(all_items, report.name))
+        names = classnames_of(all_items, report.name)
+        report.n_classes = len(names)
+        if len(names) < 2:
+            report.problems.append(f"{len(names)} class: classifying needs at least 2")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            report.warnings.append(f"{len(twice)} class names belong to more than one label (e.g. {twice[0]!r}): "
+                                   "their prompts, and so their class features, would be the same")
     except UserError as e:
         report.problems.append(str(e))
     if expected_classes is not None and report.n_classes not in (None, expected_classes):

@@ -219,7 +219,10 @@ class PromptDataModule(pl.LightningDataModule):
         if dataset is None or len(dataset) == 0:
             raise UserError("an empty split cannot be loaded; check the dataset and protocol")
         rank, world = self._processes()
-        common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        # the loaders draw their workers' base seed from a generator of their own, never from the global one:
+        # an iterator created before or after the epoch's reseeding (a resumed run) leaves the model's draws alike
+        common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                      generator=torch.Generator().manual_seed(self.seed))
         if train:
             batches = ReferenceBatches(len(dataset), self.batch_size, self.seed, self.drop_last, rank, world)
             return DataLoader(SeededSamples(dataset), batch_sampler=batches, **common)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from prompt_tuning.backbone import FrozenCLIP
 from prompt_tuning.core.errors import UserError
-from prompt_tuning.core.files import atomic_path
+from prompt_tuning.core.files import atomic_path, remove_stale_temporaries
 from prompt_tuning.core.locks import FileLock
 from prompt_tuning.data.datamodule import ViewDataset
 from prompt_tuning.data.datasets import Item
@@ -55,7 +55,10 @@ class FeatureCache:
 
     def __init__(self, root: str | os.PathLike, dtype: str = "float32", batch_size: int = 100, progress: bool = True):
         self.root = Path(root).expanduser()
+        if dtype not in DTYPES:
+            raise UserError(f"data.feature_dtype={dtype!r}: choose {' or '.join(DTYPES)}")
         self.dtype = DTYPES[dtype]
+        self.disabled: str | None = None  # why entries are not stored (an unwritable cache), said once
         self.batch_size = batch_size
         self.progress = progress
         self.hits = 0
@@ -63,10 +66,11 @@ class FeatureCache:
 
     def key(self, clip: FrozenCLIP, items: list[Item], transform: Callable, view: int, seed: int = 0) -> str:
         """The entry name: a hash of the image tower's digest, the device kind, the transform, the view (and the
-        seed of an augmented view), the stored dtype and each image's path, size and modification time."""
+        seed of an augmented view), the stored dtype and each image's path, size, modification and change times
+        and inode (`images_digest`)."""
         ident = json.dumps({
             "dtype": str(self.dtype),
-            "stored": "unnormalised",
+            "stored": "unnormalised, with a digest",
             "image_tower": clip.image_tower_digest(),
             "device": clip.device.type,
             "transform": repr(transform),
@@ -81,19 +85,34 @@ class FeatureCache:
         return self.root / key[:2] / f"{key}.pt"
 
     def _read(self, path: Path, n: int, dim: int) -> torch.Tensor | None:
+        """An entry whose shape and digest check out; a damaged one (unreadable, another shape, flipped bytes) is
+        None, said in one line, and built again."""
         if not path.is_file():
             return None
         try:
-            features = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a damaged entry is recomputed
-            return None
-        if not isinstance(features, torch.Tensor) or features.shape != (n, dim):
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            features = entry["features"]
+            good = features.shape == (n, dim) and entry["sha256"] == _sha256(features)
+        except Exception:  # noqa: BLE001 - whatever is wrong with it, it is built again
+            good = False
+        if not good:
+            log.warning("feature cache: entry %s is damaged: built again", path.stem[:8])
             return None
         return features
 
     def _write(self, path: Path, features: torch.Tensor) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(features, tmp)
+        """Store an entry with its digest; a cache that cannot be written (read-only, full) is said once and the
+        run goes on without storing."""
+        if self.disabled:
+            return
+        try:
+            with atomic_path(path) as tmp:
+                try:
+                    torch.save({"features": features, "sha256": _sha256(features)}, tmp)
+                except RuntimeError as e:  # torch's "enforce fail ..." of a full disk
+                    raise UserError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from e
+        except UserError as e:
+            self._disable(str(e))
 
     def features(self, clip: FrozenCLIP, items: list[Item], transform: Callable, view: int = 0,
                  seed: int = 0) -> torch.Tensor:
@@ -108,7 +127,11 @@ class FeatureCache:
             return cached.float()
         # one process builds an entry, the others wait for it
         lock = FileLock(path.parent, f"{key}.building", "feature cache entry", "is being built by")
-        lock.wait(f"building feature cache entry {key[:8]}")
+        try:
+            if not self.disabled:
+                lock.wait(f"building feature cache entry {key[:8]}")
+        except UserError as e:  # an unwritable cache folder: the run goes on without storing entries
+            self._disable(str(e))
         try:
             cached = self._read(path, len(items), clip.embed_dim)  # built while this process waited
             if cached is not None:
@@ -116,14 +139,27 @@ class FeatureCache:
                 log.info("feature cache: reused %s (%s), built by another process", key[:8], what)
                 return cached.float()
             self.misses += 1
+            remove_stale_temporaries(path.parent)  # leftovers of writes killed in this part of the cache
             features = encode_items(clip, items, transform, self.batch_size, seed=view_seed_of(seed, view),
                                     desc=f"image features (view {view})" if view else "image features",
                                     progress=self.progress)
             self._write(path, features.to(self.dtype))
         finally:
             lock.release()
-        log.info("feature cache: built %s (%s) in %s", key[:8], what, self.root)
+        if not self.disabled:
+            log.info("feature cache: built %s (%s) in %s", key[:8], what, self.root)
         return features.to(self.dtype).float()
+
+    def _disable(self, why: str) -> None:
+        if not self.disabled:
+            self.disabled = why
+            log.warning("feature cache: %s; the run goes on computing image features without storing them "
+                        "(set runtime.cache_dir or PT_CACHE_DIR to a writable folder)", why)
+
+
+def _sha256(features: torch.Tensor) -> str:
+    t = features.detach().cpu().contiguous()
+    return hashlib.sha256(t.view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def view_seed_of(seed: int, view: int) -> int:
@@ -132,14 +168,16 @@ def view_seed_of(seed: int, view: int) -> int:
 
 
 def images_digest(items: list[Item]) -> str:
-    """A digest of the image list in order: each image's path, size and modification time (ns)."""
+    """A digest of the image list in order: each image's path, size, modification time, change time and inode
+    (ns). ``touch -r`` can give a replaced image its old size and modification time, but not its change time nor,
+    when it is another file, its inode; all come from the one ``stat`` per image the key already makes."""
     h = hashlib.sha256()
     for it in items:
         try:
             st = os.stat(it.path)
         except OSError as e:
             raise UserError(f"image {it.path} cannot be read: {e.strerror}") from e
-        h.update(f"{it.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        h.update(f"{it.path}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ctime_ns}\t{st.st_ino}\n".encode())
     return h.hexdigest()
 
 

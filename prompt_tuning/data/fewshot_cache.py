@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import warnings
+from collections import Counter
 from pathlib import Path
 
 from prompt_tuning.core.errors import UserError
@@ -51,9 +52,10 @@ def _read_pickle(path: Path, image_dir: Path | None) -> dict[str, list[Item]]:
     try:
         with open(path, "rb") as f:
             raw = _DatumUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
-        raise UserError(f"few-shot cache {path} cannot be read ({e}); delete it to draw the subset again") from e
-    return {k: [_rebase(d.item(), image_dir) for d in v] for k, v in raw.items() if k in ("train", "val")}
+        return {k: [_rebase(d.item(), image_dir) for d in v] for k, v in raw.items() if k in ("train", "val")}
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, KeyError) as e:
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UserError(f"few-shot cache {path} cannot be read ({reason}); delete it to draw the subset again") from e
 
 
 def _read_json(path: Path, root: Path) -> dict[str, list[Item]]:
@@ -85,6 +87,27 @@ def _check_drawn_from(subset: list[Item], split: list[Item], path: Path, name: s
         )
 
 
+def _check_shots(subset: list[Item], split: list[Item], shots: int, path: Path, name: str) -> None:
+    """A cached subset holds ``shots`` distinct images of each class (all of a class's images when it has
+    fewer): a hand-edited file with more, fewer or repeated entries would train on another protocol than the run
+    records."""
+    paths = [os.path.abspath(it.path) for it in subset]
+    if len(set(paths)) != len(paths):
+        dup = next(p for p in paths if paths.count(p) > 1)
+        raise UserError(f"few-shot cache {path} lists {dup} more than once in its {name} subset; delete it to draw "
+                        "the subset again")
+    available = Counter(it.label for it in split)
+    for label, n in sorted(Counter(it.label for it in subset).items()):
+        want = min(shots, available[label])
+        if n != want:
+            raise UserError(f"few-shot cache {path} holds {n} {name} images of class {label}, the protocol asks for "
+                            f"{want} (shots={shots}); delete it to draw the subset again")
+    missing = sorted(set(available) - {it.label for it in subset})
+    if missing:
+        raise UserError(f"few-shot cache {path} has no {name} image of classes {missing[:5]}; delete it to draw the "
+                        "subset again")
+
+
 def cached_few_shot(dataset, train: list[Item], val: list[Item], shots: int, seed: int) -> tuple[list, list]:
     """The ``shots``-per-class training subset and the ``min(shots, 4)`` validation subset for ``seed``.
 
@@ -104,8 +127,10 @@ def cached_few_shot(dataset, train: list[Item], val: list[Item], shots: int, see
                 cached = reader(path, getattr(dataset, "image_dir", None) if reader is _read_pickle else root)
                 check_exist(cached, str(path))
                 _check_drawn_from(cached.get("train", []), train, path, "train")
+                _check_shots(cached.get("train", []), train, shots, path, "train")
                 if not val_is_test:
                     _check_drawn_from(cached.get("val", []), val, path, "val")
+                    _check_shots(cached.get("val", []), val, min(shots, 4), path, "val")
                 return cached["train"], val if val_is_test else cached.get("val", val)
     if val_is_test:
         fs_train, fs_val = few_shot(train, shots, random.Random(seed)), list(val)

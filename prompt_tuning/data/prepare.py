@@ -12,6 +12,7 @@ printed instead.
 from __future__ import annotations
 
 import random
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,14 @@ def _per_class_split(items: list, fractions: tuple[float, ...], seed: int) -> li
 def prepare(name: str, root: str | Path, seed: int = 1, download: bool = True, log=print) -> Path | None:
     """Download ``name`` under ``root`` and write its split file; returns the split file (None: manual steps)."""
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--root {root} is a file: give the folder that holds (or will hold) the datasets")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".prompt-tuning-"):
+            pass
+    except OSError as e:
+        raise UserError(f"--root {root}: cannot write there ({e.strerror})") from e
     if name == "shapes":  # the generated demo dataset
         from prompt_tuning.data.synthetic import make_shapes
 

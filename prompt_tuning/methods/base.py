@@ -30,6 +30,16 @@ if TYPE_CHECKING:
     from prompt_tuning.backbone import FrozenCLIP, Hook
 
 
+def check_template(template: str, where: str = "the template") -> str:
+    """A hand-crafted prompt names the class once, as ``{}``, and has no other braces: a template without one
+    gives every class the same prompt, and ``{foo}`` or a second ``{}`` cannot be filled."""
+    if not isinstance(template, str) or template.count("{}") != 1 or template.replace("{}", "").count("{") or (
+            template.replace("{}", "").count("}")):
+        raise UserError(f"{where} {template!r} must hold exactly one {{}}, where the class name goes, and no other "
+                        "braces")
+    return template
+
+
 @dataclass(frozen=True)
 class Task:
     """What a method is asked to classify.
@@ -44,6 +54,7 @@ class Task:
 
     def __post_init__(self):
         object.__setattr__(self, "classnames", tuple(self.classnames))
+        check_template(self.template)
 
     def prompts(self) -> list[str]:
         """The hand-crafted prompt of every class (underscores in names read as spaces)."""

@@ -159,8 +159,12 @@ def bars_figure(table: dict, display: dict | None = None):
 
 
 def _save(fig, path: Path, dpi: int) -> Path:
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    except OSError as e:  # a read-only folder, a full disk
+        raise UserError(f"cannot write the figure {path}: {e.strerror or e}") from e
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -174,18 +178,23 @@ def base_novel_bars(table: dict, path: Path, display: dict | None = None, dpi: i
 
 
 def plot(root: str | os.PathLike, out_dir: str | os.PathLike | None = None, fmt: str = "png", dpi: int = 150,
-         display: dict | None = None, published: dict | None = None) -> list[Path]:
+         display: dict | None = None, published: dict | None = None, results: list[dict] | None = None) -> list[Path]:
     """Write the figures that the results under ``root`` support (with the experiment's ``published`` numbers
-    where given); returns their paths."""
+    where given; ``results``: those to draw, default every result under ``root``); returns their paths."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if dpi < 10:
         raise UserError(f"--dpi {dpi}: expected at least 10")
-    results = collect(root)
+    results = collect(root) if results is None else results
     if not results:
         raise UserError(f"no result.json under {root}")
     out = Path(out_dir or Path(root) / "plots")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder for the figures")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write the figures to {out}: {e.strerror}") from e
     paths = []
     b2n = [r for r in results if "base_acc" in r["metrics"]]
     few = [r for r in results if "acc" in r["metrics"]]

@@ -3,12 +3,11 @@ published numbers."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from prompt_tuning.core.errors import UserError
-from prompt_tuning.runs.folder import RunFolder
+from prompt_tuning.runs.folder import RunFolder, read_record
 from prompt_tuning.runs.metrics import harmonic_mean
 
 # ------------------------------------------------------------------------------------------- aggregation
@@ -16,9 +15,25 @@ MAIN_METRICS = ("acc", "base_acc", "novel_acc", "hm", "targets_avg")
 AVERAGE = "average"
 
 
-def collect(root: str | os.PathLike) -> list[dict]:
-    """Every ``result.json`` under ``root``."""
-    return [json.loads(p.read_text()) for p in sorted(Path(root).rglob(RunFolder.RESULT))]
+def collect(root: str | os.PathLike, wanted: dict[str, str] | None = None, ignored: list | None = None) -> list[dict]:
+    """Every readable ``result.json`` under ``root``; with ``wanted`` (run folder relative to ``root`` -> run
+    hash, `prompt_tuning.config.experiment.grid_hashes`) only the experiment's runs of that configuration, the
+    others appended to ``ignored`` as ``(path, why)`` (a backup copy, a hand-made run at another setting)."""
+    root, out, skipped = Path(root), [], []
+    for path in sorted(root.rglob(RunFolder.RESULT)):
+        result = read_record(path, ("method", "dataset", "metrics"))
+        where = str(path.parent.relative_to(root))
+        if result is None:
+            skipped.append((path, "damaged"))
+        elif wanted is not None and where not in wanted:
+            skipped.append((path, "not a run of the experiment's grid"))
+        elif wanted is not None and result.get("config_hash") != wanted[where]:
+            skipped.append((path, f"run hash {result.get('config_hash')}, the grid's is {wanted[where]}"))
+        else:
+            out.append(result)
+    if ignored is not None:
+        ignored.extend(skipped)
+    return out
 
 
 def method_label(result: dict) -> str:

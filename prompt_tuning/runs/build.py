@@ -17,22 +17,17 @@ from torch.utils.data import Dataset
 
 from prompt_tuning.backbone import FrozenCLIP, TextPassOptions
 from prompt_tuning.config.compose import dataset_section
-from prompt_tuning.config.instantiate import instantiate
+from prompt_tuning.config.instantiate import SLOTS, build_slot, instantiate
 from prompt_tuning.core.errors import UserError
 from prompt_tuning.data.datamodule import ImageDataset, PromptDataModule, ViewDataset
-from prompt_tuning.data.datasets import Dataset as DatasetBase
 from prompt_tuning.data.datasets import Item, classnames_of
 from prompt_tuning.data.features import FeatureCache, FeatureDataset, encode_items, view_seed_of
 from prompt_tuning.data.fewshot_cache import cached_few_shot
 from prompt_tuning.data.protocols import subsample_classes
 from prompt_tuning.data.transforms import eval_transform, train_transform
-from prompt_tuning.methods.averaging import Averaging
-from prompt_tuning.methods.base import FrozenFeatures, Method, Task
-from prompt_tuning.methods.gradients import GradientRule
-from prompt_tuning.methods.objectives import Objective
+from prompt_tuning.methods.base import FrozenFeatures, Method, Task, check_template
 from prompt_tuning.runs.inputs import batch_keys
 from prompt_tuning.runs.module import PromptTuner
-from prompt_tuning.runs.schedules import Schedule
 
 
 @dataclass
@@ -51,12 +46,13 @@ class Setup:
 
 def build(cfg: DictConfig) -> Setup:
     """Build the model, data and module of a run (seeded, so the same config builds the same run)."""
-    dataset = instantiate(cfg.dataset, DatasetBase, "dataset.class_path")  # data first: a missing folder is
-    splits = dataset.load()                                                 # reported before any download
+    dataset = build_slot(cfg, "dataset")  # data first: a missing folder is reported before any download
+    splits = dataset.load()
+    check_template(dataset.template, f"dataset {cfg.dataset.name}'s template")
     names = classnames_of(splits["train"] + splits["val"] + splits["test"], f"dataset {dataset.name}")
     others = {}
     for other in cfg.protocol.eval_datasets:  # transfer targets: their classes and template
-        other_ds = instantiate(dataset_section(other, cfg.data.root), DatasetBase, f"dataset {other}")
+        other_ds = instantiate(dataset_section(other, cfg.data.root), SLOTS["dataset"], f"dataset {other}")
         others[other] = (other_ds, other_ds.load()["test"])
     clip = build_clip(cfg)
 
@@ -69,6 +65,10 @@ def build(cfg: DictConfig) -> Setup:
         eval_sets[subset] = (Task(subset_names(names, subset), dataset.template), test)
     for other, (other_ds, test) in others.items():
         eval_sets[f"{other}/"] = (Task(classnames_of(test, other), other_ds.template), test)
+    for name, task in [("training", train_task), *((n.rstrip("/"), t) for n, (t, _) in eval_sets.items())]:
+        if len(task.classnames) < 2:
+            raise UserError(f"the {name} class set of dataset {cfg.dataset.name} has {len(task.classnames)} class "
+                            f"({', '.join(task.classnames) or 'none'}): classifying needs at least 2")
 
     module = make_module(cfg, clip, train_task)
     caps = module.method.capabilities
@@ -98,18 +98,17 @@ def build_clip(cfg: DictConfig) -> FrozenCLIP:
     options = TextPassOptions(shared_prefix=bool(cfg.model.shared_prefix),
                               checkpointing=bool(cfg.runtime.text_checkpointing), chunk=int(cfg.runtime.text_chunk))
     return FrozenCLIP.build(cfg.model.name, cfg.model.pretrained, cfg.model.arch, cfg.model.cache_dir,
-                            cfg.model.quick_gelu, options)
+                            cfg.model.quick_gelu, options, bool(cfg.model.allow_torchscript))
 
 
 def make_module(cfg: DictConfig, clip: FrozenCLIP, task: Task) -> PromptTuner:
     """The method of ``cfg`` (method, objective, gradient rule, averaging, optimizer, schedule) as a `PromptTuner`
     for ``task``; each part is a subclass of the base its config key expects."""
-    m = cfg.method
-    method = instantiate(m.context, Method, "method.context.class_path", clip=clip, task=task)
-    objective = instantiate(m.objective, Objective, "method.objective.class_path", clip=clip, task=task)
-    rule = instantiate(m.gradient_rule, GradientRule, "method.gradient_rule.class_path") if m.gradient_rule else None
-    averaging = instantiate(m.averaging, Averaging, "method.averaging.class_path") if m.averaging else None
-    schedule = instantiate(cfg.optim.scheduler, Schedule, "optim.scheduler.class_path")
+    method = build_slot(cfg, "method.context", clip=clip, task=task)
+    objective = build_slot(cfg, "method.objective", clip=clip, task=task)
+    rule = build_slot(cfg, "method.gradient_rule")
+    averaging = build_slot(cfg, "method.averaging")
+    schedule = build_slot(cfg, "optim.scheduler")
     return PromptTuner(clip, method, task, objective, rule, optimizer=optimizer_factory(cfg), schedule=schedule,
                        max_epochs=max_epochs(cfg), averaging=averaging)
 
@@ -119,7 +118,7 @@ def optimizer_factory(cfg: DictConfig) -> Callable:
     ``optim.weight_decay``, checked by building it once on a placeholder tensor (a bad value fails here, before
     the run writes anything)."""
     spec = OmegaConf.to_container(cfg.optim.optimizer, resolve=True)
-    build = functools.partial(instantiate, spec, torch.optim.Optimizer, "optim.optimizer.class_path",
+    build = functools.partial(instantiate, spec, SLOTS["optim.optimizer"], "optim.optimizer.class_path",
                               lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     try:
         build(params=[torch.nn.Parameter(torch.zeros(1))])

@@ -16,7 +16,9 @@ one is complete.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -27,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from prompt_tuning.config.compose import compose_saved
 from prompt_tuning.config.hashing import NOT_HASHED, flatten
 from prompt_tuning.core.errors import UserError
-from prompt_tuning.core.files import write_atomic, write_json
+from prompt_tuning.core.files import remove_stale_temporaries, write_atomic, write_json
 from prompt_tuning.core.locks import FileLock, slurm_job
 
 State = Literal["done", "running", "changed", "failed", "todo"]
@@ -46,6 +48,7 @@ class RunFolder:
     CHECKPOINTS = "checkpoints"
     LAST = "last.ckpt"
     TRACKERS = {"csv": "logs", "tensorboard": "tensorboard"}  # trackers' folders (W&B writes wandb/ itself)
+    OWN = {CONFIG, RESULT, ERROR, CHECKPOINTS, *TRACKERS.values(), "wandb", ".lock"}  # what a run folder may hold
     HASH_LINE = "# run hash: "
 
     def __init__(self, path: str | os.PathLike):
@@ -75,18 +78,13 @@ class RunFolder:
         return first.removeprefix(self.HASH_LINE) if first.startswith(self.HASH_LINE) else None
 
     def result(self) -> dict | None:
-        """``result.json``, or None if the run has not finished."""
-        path = self.path / self.RESULT
-        if not path.is_file():
-            return None
-        return json.loads(path.read_text())
+        """``result.json``, or None if the run has not finished; a damaged one (not a JSON mapping with a run
+        hash and metrics) counts as no result, and is said so once."""
+        return read_record(self.path / self.RESULT, ("config_hash", "metrics"))
 
     def error(self) -> dict | None:
         """``error.json``: the failure record of the last attempt, if it failed."""
-        try:
-            return json.loads((self.path / self.ERROR).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return read_record(self.path / self.ERROR, ("error",))
 
     def holder(self) -> dict | None:
         """The live process that holds the run (host, pid, SLURM job, since), or None."""
@@ -152,16 +150,46 @@ class RunFolder:
                             f"(run hash {saved}, this one {config_hash}); drop resume=true to start over")
         return last
 
+    def refuse_foreign(self) -> None:
+        """Refuse an ``output_dir`` that is not a run's: empty, a folder holding other files, or a run whose
+        ``checkpoints`` is a link (the run deletes old checkpoints there)."""
+        if not str(self.path) or str(self.path) == ".":
+            raise UserError("output_dir is empty: name the run's folder (the default is outputs/<dataset>/...)")
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"output_dir={str(self.path)!r} is a file, not a folder")
+        if (self.path / self.CHECKPOINTS).is_symlink():
+            raise UserError(f"{self.path / self.CHECKPOINTS} is a link: a run keeps its checkpoints in a folder of "
+                            "its own (it deletes stale ones), so it refuses to write through a link")
+        if self.path.is_dir():
+            foreign = sorted(p.name for p in self.path.iterdir() if p.name not in self.OWN and not (
+                p.name.startswith(".") and p.name.endswith(".tmp")))
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                raise UserError(f"output_dir={str(self.path)!r} holds files that are not a run's ({shown}): choose "
+                                "a new or empty folder, or a run's folder")
+
     def claim(self, config_hash: str, config_yaml: str, resuming: bool) -> None:
-        """The run's setup succeeded: from here on the folder belongs to this configuration. A replaced result
-        goes, a fresh run drops old checkpoints, and ``config.yaml`` is written with the hash."""
-        finished = self.result()
-        if finished is not None and finished.get("config_hash") != config_hash:  # overwrite=true
-            (self.path / self.RESULT).unlink()
+        """The run's setup succeeded: from here on the folder belongs to this configuration. A finished result
+        goes (it is replaced: a run begun again is not finished), a fresh run drops old checkpoints, leftovers of
+        killed writes go, and ``config.yaml`` is written with the hash."""
+        (self.path / self.RESULT).unlink(missing_ok=True)
         if not resuming:
             for stale in (self.path / self.CHECKPOINTS).glob("*.ckpt"):  # a fresh run never continues old weights
                 stale.unlink()
+        for folder in (self.path, self.path / self.CHECKPOINTS):
+            remove_stale_temporaries(folder)
         write_atomic(self.path / self.CONFIG, f"{self.HASH_LINE}{config_hash}\n" + config_yaml)
+
+    def roll_back(self) -> None:
+        """An attempt failed before it wrote a checkpoint: take back what it wrote (its ``config.yaml`` and its
+        trackers' folders), so the folder is as if it had not run. With a checkpoint, everything stays: the run
+        can resume."""
+        if any((self.path / self.CHECKPOINTS).glob("*.ckpt")):
+            return
+        (self.path / self.CONFIG).unlink(missing_ok=True)
+        for name in (*self.TRACKERS.values(), "wandb", self.CHECKPOINTS):
+            if (self.path / name).is_dir() and not (self.path / name).is_symlink():
+                shutil.rmtree(self.path / name, ignore_errors=True)
 
     def write_result(self, result: dict) -> None:
         write_json(self.path / self.RESULT, result)
@@ -172,3 +200,23 @@ class RunFolder:
         line = " ".join(str(message).split())[:500] or "failed"
         write_json(self.path / self.ERROR, {"error": line, "host": socket.gethostname(), "pid": os.getpid(),
                                             "job": slurm_job(), "time": time.time(), **extra})
+
+
+def read_record(path: Path, keys: tuple[str, ...]) -> dict | None:
+    """A JSON record of a run folder holding ``keys``; None if absent, and None with one warning if damaged."""
+    try:
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and all(k in record for k in keys):
+            return record
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # unreadable, not JSON, not text
+        pass
+    if path not in _DAMAGED:
+        _DAMAGED.add(path)
+        log.warning("%s is damaged (not a JSON record with %s): it counts as absent", path, ", ".join(keys))
+    return None
+
+
+_DAMAGED: set[Path] = set()
+log = logging.getLogger(__name__)

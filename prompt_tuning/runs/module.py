@@ -19,6 +19,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from prompt_tuning.backbone import FrozenCLIP
+from prompt_tuning.core.errors import UserError
 from prompt_tuning.core.precision import full_precision
 from prompt_tuning.methods.averaging import Averaging
 from prompt_tuning.methods.base import Method, Outputs, Task
@@ -29,6 +30,16 @@ from prompt_tuning.runs import inputs as objective_inputs
 from prompt_tuning.runs.schedules import Schedule, WarmupCosine
 
 Optimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+class NonFiniteLoss(UserError):
+    """The training loss is not finite: the run stops (no result is written)."""
+
+    def __init__(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int, step: int):
+        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        super().__init__(f"the training loss is {float(loss)} at epoch {epoch + 1}, step {step + 1} ({shown}): the "
+                         "run stops and writes no result; lower optim.lr, or look at the data and the method's "
+                         "settings")
 
 
 def sgd(lr: float = 0.002, momentum: float = 0.9, weight_decay: float = 5e-4) -> Optimizer:
@@ -196,6 +207,8 @@ class PromptTuner(pl.LightningModule):
         outputs, inputs = self.training_outputs(batch)
         terms = self.loss_terms(outputs, labels, inputs)
         loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(loss, terms, self.current_epoch, batch_idx)
         share = self._share(len(labels)) if self.world_size > 1 else 1.0
         if self.gradient_rule is not None:
             optimizer = self.optimizers()

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prompt_tuning.config.compose import annotated_yaml
+from prompt_tuning.config.compose import annotated_yaml, without_environment
 from prompt_tuning.config.hashing import run_hash
 from prompt_tuning.core.errors import UserError
 from prompt_tuning.data.datamodule import check_split
@@ -63,6 +63,7 @@ def train(cfg: DictConfig, sources: dict[str, str] | None = None) -> dict:
     if rank() > 0:  # a further process of a multi-device run: rank 0 holds the lock, writes the files, reports
         logging.getLogger("prompt_tuning").setLevel(logging.WARNING)
         return Run(cfg, folder, config_hash, sources or {}, writes=False).execute()
+    folder.refuse_foreign()  # before the lock creates the folder
     with folder.lock():
         folder.refuse_another_configuration(config_hash, cfg)
         return Run(cfg, folder, config_hash, sources or {}).execute()
@@ -89,9 +90,17 @@ class Run:
     def execute(self) -> dict:
         start = time.time()
         setup, trainer, resume = self.prepare()
-        self.fit(setup, trainer, resume)
-        metrics = self.evaluate(setup, trainer)
-        return self.write(setup, metrics, time.time() - start, resume)
+        try:
+            self.fit(setup, trainer, resume)
+            metrics = self.evaluate(setup, trainer)
+            return self.write(setup, metrics, time.time() - start, resume)
+        except BaseException as e:
+            if self.writes:  # an attempt that wrote no checkpoint leaves the folder as it found it
+                self.folder.roll_back()
+            if isinstance(e, OSError):  # a full disk or a folder gone read-only, met by a tracker or a loader
+                raise UserError(f"run {self.folder.path}: {e.strerror or e}"
+                                + (f" ({e.filename})" if e.filename else "")) from e
+            raise
 
     def prepare(self) -> tuple[Setup, pl.Trainer, Resume | None]:
         """Build the run (a head fits here: one that cannot fails before the folder is touched), decide where it
@@ -109,9 +118,9 @@ class Run:
         resume = None
         if path is not None:  # tensors only, or a one-line refusal (Lightning then loads it the same way)
             resume = Resume(path, int(load_checkpoint(path).get("epoch", -1)) + 1)
+        trainer = make_trainer(self.cfg, self.folder, setup.module.max_epochs)  # a bad trainer setting fails here
         if self.writes:
             self.folder.claim(self.config_hash, annotated_yaml(self.cfg, self.sources), resuming=resume is not None)
-        trainer = make_trainer(self.cfg, self.folder, setup.module.max_epochs)
         for logger in trainer.loggers:
             logger.log_hyperparams(hyperparameters(self.cfg, self.config_hash))
         return setup, trainer, resume
@@ -144,12 +153,13 @@ class Run:
             "seed": cfg.seed,
             "model": f"{cfg.model.name}/{setup.clip.weights}",
             "config_hash": self.config_hash,
-            "tags": OmegaConf.to_container(cfg.tags),
+            "tags": OmegaConf.to_container(without_environment(cfg).tags),  # names of variables, not their values
             "trainable": setup.module.learns,  # false: zero-shot, the shots do not apply
             "epochs": setup.module.max_epochs if setup.module.trainable else 0,
             "metrics": metrics,
             "wall_time_s": round(wall, 2),
             **({"resumed_at_epoch": resume.epoch} if resume is not None else {}),  # epochs done before
+            **({"sweep_id": cfg.runtime.sweep_id} if cfg.runtime.sweep_id else {}),  # the sweep that trained it
             "versions": versions(),
         }
         if self.writes:

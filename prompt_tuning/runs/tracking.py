@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from prompt_tuning.config.compose import without_environment
 from prompt_tuning.config.hashing import flatten
 from prompt_tuning.core.errors import UserError
 from prompt_tuning.runs.folder import RunFolder
@@ -24,7 +25,8 @@ NEEDS = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # logger 
 
 def check_loggers(cfg: DictConfig) -> list[str]:
     """The logger names of ``runtime.loggers``, each known and installed, or a one-line error."""
-    names = [str(n) for n in (cfg.runtime.loggers or [])]
+    loggers = cfg.runtime.loggers or []
+    names = [loggers] if isinstance(loggers, str) else [str(n) for n in loggers]  # runtime.loggers=csv: one
     for name in names:
         if name not in NEEDS:
             raise UserError(f"runtime.loggers: unknown logger {name!r}; choose among {', '.join(NEEDS)}")
@@ -67,6 +69,6 @@ def close_loggers(loggers: list) -> None:
 
 def hyperparameters(cfg: DictConfig, run_hash: str) -> dict:
     """The resolved config as flat ``{"optim.lr": 0.002, ...}`` (lists and nulls as text) plus ``run_hash``."""
-    flat = {"run_hash": run_hash, **flatten(OmegaConf.to_container(cfg, resolve=True))}
+    flat = {"run_hash": run_hash, **flatten(OmegaConf.to_container(without_environment(cfg), resolve=False))}
     return {k: v if isinstance(v, bool | int | float | str) else "null" if v is None else str(v)
             for k, v in flat.items()}

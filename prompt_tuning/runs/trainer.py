@@ -10,8 +10,10 @@ import warnings
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
+from prompt_tuning.core.errors import UserError
 from prompt_tuning.runs.checkpoints import AtomicCheckpointIO
 from prompt_tuning.runs.folder import RunFolder
 from prompt_tuning.runs.tracking import make_loggers
@@ -58,7 +60,18 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def make_trainer(cfg: DictConfig, folder: RunFolder | None, max_epochs: int) -> pl.Trainer:
-    """The trainer of a run writing into ``folder`` (None: nothing is written, as for `evaluate_checkpoint`)."""
+    """The trainer of a run writing into ``folder`` (None: nothing is written, as for `evaluate_checkpoint`); a
+    trainer setting Lightning refuses is one line naming the keys."""
+    try:
+        return _trainer(cfg, folder, max_epochs)
+    except (ValueError, TypeError, ImportError, MisconfigurationException) as e:
+        t = cfg.trainer
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UserError(f"trainer.precision={t.precision!r}, trainer.accelerator={t.accelerator!r}, trainer.strategy="
+                        f"{t.strategy!r}, trainer.devices={t.devices!r}: Lightning refuses them: {first}") from e
+
+
+def _trainer(cfg: DictConfig, folder: RunFolder | None, max_epochs: int) -> pl.Trainer:
     callbacks: list = [EpochSeed(cfg.seed)]
     if folder is not None:
         last = folder.last_checkpoint

@@ -245,3 +245,44 @@ def test_a_lock_from_another_host_is_stale_once_its_slurm_job_has_left_the_queue
     assert FileLock(tmp_path).holder() is None  # the job has gone: the lock is stale
     (tmp_path / ".lock").write_text(json.dumps({"host": "another-node", "pid": 1}))
     assert FileLock(tmp_path).holder() is not None  # no job to ask about: respected
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has stopped; only its exit status waits to be read
+
+
+def test_the_workers_of_a_killed_sweep_die_with_it(tmp_path, shapes_dir):
+    exp = _experiment(tmp_path, shapes_dir, "orphans", {"method": ["coop"], "seed": [1, 2]},
+                      ["optim.max_epochs=100000"])  # far longer than the test
+    sweep = subprocess.Popen([sys.executable, "-m", "prompt_tuning.apps.cli", "sweep", str(exp), "--launcher",
+                              "local", "--jobs", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, pids = time.time() + 120, []
+        while len(pids) < 2 and time.time() < deadline and sweep.poll() is None:
+            time.sleep(0.5)
+            locks = list((tmp_path / "orphans").rglob(".lock"))
+            pids = [json.loads(p.read_text())["pid"] for p in locks if p.stat().st_size]
+        assert len(pids) == 2, "both workers started training"
+        assert all(_alive(pid) for pid in pids)
+    finally:
+        sweep.kill()
+        sweep.wait()
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in pids), "a worker kept training after its sweep was killed"
+
+
+def test_two_parallel_sweeps_on_one_folder_count_each_run_once(tmp_path, shapes_dir):
+    exp = _experiment(tmp_path, shapes_dir, "both", {"method": ["zeroshot"], "seed": [1, 2, 3, 4]})
+    cmd = [sys.executable, "-m", "prompt_tuning.apps.cli", "sweep", str(exp), "--launcher", "local", "--jobs", "2"]
+    sweeps = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [s.communicate(timeout=600)[0] for s in sweeps]
+    summaries = [next(ln for ln in out.splitlines() if ln.startswith("done: ")) for out in outs]
+    ran = [int(s.split()[1]) for s in summaries]
+    assert sum(ran) == 4, summaries  # each run trained by one sweep, and counted by that one only
+    assert len(list((tmp_path / "both").rglob("result.json"))) == 4

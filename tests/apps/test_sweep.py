@@ -17,8 +17,12 @@ SLOW = pytest.mark.slow
     pytest.param("promptsrc_fewshot", 3 * 11 * 5 * 3, marks=SLOW),
     pytest.param("cross_dataset", 6 * 3, marks=SLOW), pytest.param("domain_generalization", 6 * 3, marks=SLOW),
     ("ablation_nctx", 27), ("demo", 12)])
-def test_each_paper_experiment_dry_runs_to_the_right_number_of_runs(name, runs, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_each_paper_experiment_dry_runs_to_the_right_number_of_runs(name, runs, paper_cwd, composed_runs,
+                                                                    monkeypatch):
+    from prompt_tuning.apps import grid
+
+    monkeypatch.chdir(paper_cwd)
+    monkeypatch.setattr(grid, "compose_annotated", composed_runs)  # each run composed once per session
     counts = sweep_mod.sweep(REPO / "experiments" / f"{name}.yaml", dry_run=True, log=lambda m: None)
     assert counts == {"total": runs, "done": 0, "running": 0, "changed": 0, "blocked": runs, "ran": 0,
                       "failed": 0}  # no dataset folder under this empty working directory

@@ -77,14 +77,21 @@ def _openai_tiny(tmp_path: Path, kind: str) -> tuple[Path, torch.nn.Module]:
 def test_local_openai_weights_get_quick_gelu(tmp_path, kind):
     path, reference = _openai_tiny(tmp_path, kind)
     arch = json.loads(TINY_ARCH.read_text())
-    clip = FrozenCLIP.build("tiny", str(path), arch=arch)
+    trusted = kind == "torchscript"  # an archive runs code when loaded: only on model.allow_torchscript=true
+    clip = FrozenCLIP.build("tiny", str(path), arch=arch, allow_torchscript=trusted)
     assert isinstance(clip.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
     images = torch.randn(4, 3, 32, 32)
     reference.requires_grad_(False)
     assert torch.equal(clip.model.encode_image(images), reference.encode_image(images))
-    forced = FrozenCLIP.build("tiny", str(path), arch=arch, quick_gelu="false")  # model.quick_gelu=false
+    forced = FrozenCLIP.build("tiny", str(path), arch=arch, quick_gelu="false", allow_torchscript=trusted)
     assert not isinstance(forced.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
     assert (forced.model.encode_image(images) - reference.encode_image(images)).abs().max() > 1e-4
+
+
+def test_a_torchscript_archive_is_refused_unless_allowed(tmp_path):
+    path, _ = _openai_tiny(tmp_path, "torchscript")
+    with pytest.raises(UserError, match="is a TorchScript archive .*runs code .*model.allow_torchscript=true"):
+        FrozenCLIP.build("tiny", str(path), arch=json.loads(TINY_ARCH.read_text()))
 
 
 def test_open_clip_format_weights_keep_gelu(tmp_path):

@@ -133,12 +133,14 @@ PAPER_EXPERIMENTS = [pytest.param("base2novel", marks=pytest.mark.slow),
 
 
 @pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
-def test_every_run_of_every_paper_experiment_composes_to_the_authors_values(name):
+def test_every_run_of_every_paper_experiment_composes_to_the_authors_values(name, paper_cwd, composed_runs,
+                                                                            monkeypatch):
+    monkeypatch.chdir(paper_cwd)
     exp = load_experiment(REPO / "experiments" / f"{name}.yaml")
     assert exp["published"]["source"] and (exp["published"]["values"] or name.endswith("fewshot"))
     runs = expand(exp)
     for run in runs:
-        cfg = compose(run.args)
+        cfg = composed_runs([*run.args, "runtime.progress=false"]).cfg  # as a sweep composes it (compose_run)
         shots = int(run.choice.get("protocol.shots", 16))
         _check(cfg, authors(cfg.method.name, cfg.protocol.name, cfg.dataset.name, shots))
         assert cfg.output_dir.endswith(f"shots_{cfg.protocol.shots}/seed_{cfg.seed}")

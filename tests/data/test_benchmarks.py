@@ -208,7 +208,14 @@ def test_reference_pickle_cache_is_read_with_paths_rebased(tmp_path, monkeypatch
     module.Datum = Datum
     for name in ("dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name) if name != module.__name__ else module)
-    chosen = splits["train"][::3]
+    by_class: dict = {}
+    for it in splits["train"]:
+        by_class.setdefault(it.label, []).append(it)
+    chosen = [it for items in by_class.values() for it in items[::3][:2]]  # a 2-shot draw, as the reference's
+    val_by_class: dict = {}
+    for it in splits["val"]:
+        val_by_class.setdefault(it.label, []).append(it)
+    chosen_val = [it for items in val_by_class.values() for it in items[:2]]  # min(2, 4) val images per class
 
     def moved(it):  # as pickled on another machine
         path = Path(it.path)
@@ -217,12 +224,12 @@ def test_reference_pickle_cache_is_read_with_paths_rebased(tmp_path, monkeypatch
     folder = tmp_path / "oxford_pets" / "split_fewshot"
     folder.mkdir()
     with open(folder / "shot_2-seed_1.pkl", "wb") as f:
-        pickle.dump({"train": [moved(it) for it in chosen], "val": [moved(it) for it in splits["val"][:3]]}, f)
+        pickle.dump({"train": [moved(it) for it in chosen], "val": [moved(it) for it in chosen_val]}, f)
     monkeypatch.delitem(sys.modules, "dassl.data.datasets.base_dataset")
 
     train, val = cached_few_shot(dataset, splits["train"], splits["val"], 2, 1)
     assert train == chosen  # exactly the reference's subset, paths pointed at this machine
-    assert val == splits["val"][:3]
+    assert val == chosen_val
 
 
 def test_reference_pickle_with_other_objects_is_refused(tmp_path):

@@ -4,8 +4,10 @@ architecture, image contents, stored dtype, view seed) with one log line per ent
 
 import json
 import logging
+import os
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,3 +200,31 @@ def test_cache_logs_one_line_when_built_and_when_reused_with_the_same_digest(thi
     assert len(lines) == 2
     built = re.match(r"feature cache: built ([0-9a-f]{8}) \(30 images\)", lines[0])
     assert built and lines[1].startswith(f"feature cache: reused {built.group(1)} (30 images)")
+
+
+def test_cache_sees_images_swapped_for_others_of_the_same_size_and_time(shapes_dir, tmp_path):
+    """``touch -r`` gives a replaced image its old size and modification time; its change time (and, for another
+    file moved in, its inode) still differ, and so does the entry."""
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    test = Folder(str(data)).load()["test"]
+    by_size: dict = {}
+    for it in test:
+        by_size.setdefault(Path(it.path).stat().st_size, []).append(it)
+    pairs = [group[:2] for group in by_size.values() if len(group) >= 2 and group[0].label != group[1].label]
+    assert pairs, "the shapes data hold images of equal byte size"
+    clip = build_tiny()
+    tf = eval_transform(clip.preprocess)
+    cache = FeatureCache(tmp_path / "cache", progress=False)
+    before = cache.features(clip, test, tf)
+    for a, b in pairs:  # swap the bytes, then give each file back its own size and modification time
+        sa, sb = Path(a.path).stat(), Path(b.path).stat()
+        da, db = Path(a.path).read_bytes(), Path(b.path).read_bytes()
+        Path(a.path).write_bytes(db)
+        Path(b.path).write_bytes(da)
+        os.utime(a.path, ns=(sa.st_atime_ns, sa.st_mtime_ns))
+        os.utime(b.path, ns=(sb.st_atime_ns, sb.st_mtime_ns))
+        assert (Path(a.path).stat().st_size, Path(a.path).stat().st_mtime_ns) == (sa.st_size, sa.st_mtime_ns)
+    after = cache.features(clip, test, tf)
+    assert torch.equal(after, _fresh(clip, test, tf))
+    assert not torch.equal(after, before)
