@@ -3,9 +3,19 @@ report says which performance targets its figures meet."""
 
 import json
 
+import pytest
+
+from prompt_tuning.apps import bench
 from prompt_tuning.apps.bench import format_report, run, targets
 from prompt_tuning.apps.cli import main
 from tests.conftest import TINY_ARCH
+
+
+@pytest.fixture(autouse=True)
+def _one_call_per_round(monkeypatch):
+    """Timings on the tiny model mean nothing: one call per path and round (no filling of `SPAN`)."""
+    monkeypatch.setattr(bench, "SPAN", 0.0)
+
 
 KEYS = {"train_step_ratio_exact", "train_step_ratio_cached", "eval_ratio_warm", "eval_ratio_cold",
         "logits_max_abs_diff", "peak_mem_ours_mb", "peak_mem_reference_mb",
@@ -87,3 +97,89 @@ def test_bench_reference_path_runs_on_a_custom_text_clip(tmp_path):
 
     assert run_multimodal("maple", classes=3, model=str(path), repeats=1, log=lambda m: None)[
         "text_features_max_abs_diff"] <= 1e-6
+
+
+def test_a_short_path_is_called_until_it_spans_the_round(monkeypatch):
+    monkeypatch.setattr(bench, "SPAN", 0.05)
+    calls = []
+    times = bench.interleaved({"slow": lambda: __import__("time").sleep(0.06), "fast": lambda: calls.append(1)}, 2,
+                              "cpu", log=lambda m: None)
+    assert len(calls) == 1 + 2 * bench.MAX_CALLS  # the warm-up call, then 50 a round (capped)
+    assert all(t >= 0.06 for t in times["slow"]) and all(t < 0.01 for t in times["fast"])
+
+
+def test_paths_take_turns_after_a_warm_up_and_each_round_gives_a_paired_ratio():
+    from prompt_tuning.apps.bench import interleaved, paired_ratio
+
+    calls, resets = [], []
+    paths = {name: (lambda name=name: calls.append(name)) for name in ("reference", "ours", "cached")}
+    times = interleaved(paths, 3, "cpu", reset=lambda: resets.append(len(calls)), log=lambda m: None)
+    assert calls == ["cached", "ours", "reference",  # the untimed warm-up round
+                     "reference", "ours", "cached", "cached", "ours", "reference", "reference", "ours", "cached"]
+    assert resets == list(range(12))  # a reset before every call
+    assert {k: len(v) for k, v in times.items()} == {"reference": 3, "ours": 3, "cached": 3}
+    # a burst that slows one round's both paths alike leaves that round's ratio alone
+    assert paired_ratio([2.0, 20.0, 2.2], [1.0, 10.0, 1.0]) == (2.0, 2.0, 2.2)
+
+
+def test_bench_prints_each_ratio_with_its_spread():
+    r = run(classes=3, model=str(TINY_ARCH), repeats=2, batch=4, test_per_class=1, eval_batch=4, log=lambda m: None,
+            cocoop_classes=2)
+    for key in ("train_step_ratio_exact", "train_step_ratio_cached", "text_step_ratio", "eval_ratio_cold",
+                "eval_ratio_warm", "cocoop_step_ratio", "cocoop_step_ratio_b32"):
+        low, high = r[f"{key}_spread"]
+        assert low <= r[key] <= high
+        assert f"{r[key]:.2f}x ({low:.2f}-{high:.2f})" in format_report(r)
+
+
+def test_whole_run_bench_runs_both_paths_on_generated_jpegs(tmp_path, capsys):
+    from prompt_tuning.apps.bench_run import make_jpeg_folder
+
+    root = make_jpeg_folder(tmp_path / "images", classes=3, shots=2, test_images=7)
+    test = sorted((root / "test").rglob("*.jpg"))
+    assert len(test) == 7 and len(list((root / "train").rglob("*.jpg"))) == 6
+    from PIL import Image
+
+    sizes = [Image.open(p).size for p in test]
+    assert all(224 <= w <= 500 and 224 <= h <= 500 for w, h in sizes) and len(set(sizes)) > 1
+    out = tmp_path / "whole.json"
+    assert main(["bench", "--whole-run", "--model", str(TINY_ARCH), "--classes", "3", "--shots", "2",
+                 "--test-images", "6", "--epochs", "1", "--workers", "0", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for key in ("epoch_s_ours", "epoch_s_reference", "run_s_ours", "run_s_reference", "data_s_per_epoch_ours",
+                "data_s_per_epoch_reference", "peak_mem_mb_ours", "peak_mem_mb_reference", "projected_run_s_ours"):
+        assert r[key] > 0, key
+    assert r["data_share_ours"] > 0 and r["epoch_ratio"] == r["epoch_s_reference"] / r["epoch_s_ours"]
+    assert "| training epoch |" in capsys.readouterr().out
+
+
+def test_the_gpu_branches_of_timing_and_memory_run_with_a_simulated_cuda(monkeypatch):
+    """No GPU here: torch.cuda's synchronisation and memory counters are simulated, so that the branches a GPU
+    run takes (synchronised timing under bf16 autocast, peak allocation as the memory figure) run as written."""
+    import torch
+
+    from prompt_tuning.apps import bench
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: events.append("sync"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: events.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 3 * 2**20)
+    import contextlib
+
+    def autocast(device_type, dtype):
+        events.append(("autocast", device_type, dtype))
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(torch, "autocast", autocast)
+
+    def step():
+        return torch.ones(2) * 2
+
+    t, out = bench._timed(step, "cuda")
+    assert t >= 0 and torch.equal(out, torch.full((2,), 2.0))
+    assert events == ["sync", ("autocast", "cuda", torch.bfloat16), "sync"]
+    events.clear()
+    assert bench.memory_of(step, "cuda") == 3.0
+    assert [e for e in events if isinstance(e, str)] == ["sync", "reset", "sync", "sync"]
+    times = bench.interleaved({"a": step, "b": step}, 2, "cuda", log=lambda m: None)
+    assert [len(v) for v in times.values()] == [2, 2]
