@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from prompt_tuning.apps.reference import reference_frame, reference_text_features
 from prompt_tuning.backbone import FrozenCLIP, TextPassOptions
 from prompt_tuning.core.errors import HelpFormatter, UserError
 from prompt_tuning.data.transforms import eval_transform, train_transform
 from prompt_tuning.methods.base import Inputs, Outputs, Task
 from prompt_tuning.methods.contexts.coop import CoOp
-from prompt_tuning.methods.frame import PromptFrame
 
 
 def _timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
@@ -137,23 +137,6 @@ class _SavedBytes:
 
     def __exit__(self, *exc):
         self._ctx.__exit__(*exc)
-
-
-def reference_text_features(clip: FrozenCLIP, embeddings77: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
-    """The reference TextEncoder: all 77 positions through open_clip's own transformer (the text tower of a
-    CLIP or of a CustomTextCLIP)."""
-    m = clip.text_tower
-    x = embeddings77 + m.positional_embedding
-    x = m.transformer(x, attn_mask=m.attn_mask)
-    return F.normalize(clip.text_output(x, eot), dim=-1)
-
-
-def reference_frame(clip: FrozenCLIP, context, task: Task) -> PromptFrame:
-    """The context's prompt frame at all 77 positions (the authors' prompts), for the reference path."""
-    source = context.frame
-    frame = PromptFrame(source.prefix_text, source.n_ctx, source.position, full_length=True).to(clip.device)
-    frame.set_task(clip, task)
-    return frame
 
 
 def _text_step(features_fn: Callable[[], torch.Tensor], param: torch.Tensor) -> None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from prompt_tuning.apps.bench import reference_frame, reference_text_features
+from prompt_tuning.apps.reference import reference_frame, reference_text_features
 from prompt_tuning.backbone import FrozenCLIP
 from prompt_tuning.config.compose import compose
 from prompt_tuning.core.errors import UserError
