@@ -65,7 +65,7 @@ def interleaved(paths: dict[str, Callable[[], object]], repeats: int, device: st
     ...), after an untimed warm-up round (``warmup``): a burst of other work on the machine lands on every path
     alike, and each round gives one paired ratio. A path faster than `SPAN` seconds is called as many times a
     round as fill it (counted in the warm-up) and timed per call. ``reset()`` runs before every call.
-    With ``memory`` (a dict), each path's memory (`memory_of`) is measured in its first call and stored there:
+    With ``memory`` (a dict), each path's memory (`_measured`) is measured in its first call and stored there:
     in the warm-up round, or in the first timed round of an expensive comparison that has none."""
     names, times = list(paths), {name: [] for name in paths}
     calls = dict.fromkeys(names, 1)  # a short path is called several times a round, so that it spans SPAN seconds
@@ -109,11 +109,6 @@ def _measured(fn: Callable[[], object], device: str) -> dict:
     with _SavedBytes() as saved:
         t, _ = _timed(fn, device)
     return {"time": t, "mb": saved.total / 2**20}
-
-
-def memory_of(fn: Callable[[], object], device: str) -> float:
-    """MB one call of ``fn`` needs (`_measured`)."""
-    return _measured(fn, device)["mb"]
 
 
 class _SavedBytes:

@@ -179,7 +179,7 @@ def test_the_gpu_branches_of_timing_and_memory_run_with_a_simulated_cuda(monkeyp
     assert t >= 0 and torch.equal(out, torch.full((2,), 2.0))
     assert events == ["sync", ("autocast", "cuda", torch.bfloat16), "sync"]
     events.clear()
-    assert bench.memory_of(step, "cuda") == 3.0
+    assert bench._measured(step, "cuda")["mb"] == 3.0
     assert [e for e in events if isinstance(e, str)] == ["sync", "reset", "sync", "sync"]
     times = bench.interleaved({"a": step, "b": step}, 2, "cuda", log=lambda m: None)
     assert [len(v) for v in times.values()] == [2, 2]
