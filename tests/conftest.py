@@ -7,10 +7,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# matplotlib's font cache: in a temporary folder removed at exit, never in ~/.cache (set before any import)
+# matplotlib's font cache and torch's compile cache (torch makes /tmp/torchinductor_<user> when imported): in
+# temporary folders removed at exit, never in ~/.cache or left in /tmp (set before any import)
 if "MPLCONFIGDIR" not in os.environ:
     os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="pt-tests-mpl-")
     atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], True)
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="pt-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], True)
 
 import pytest
 import torch
@@ -19,6 +23,24 @@ from prompt_tuning.backbone import FrozenCLIP
 from prompt_tuning.config.compose import PACKAGE_CONFIGS, group_options
 from prompt_tuning.data.synthetic import make_shapes
 from prompt_tuning.methods.base import Task
+
+_BASETEMP: list[str] = []  # the session's temporary folder, when this conftest made it
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """The session's temporary folders (``tmp_path``) go to a folder of its own, removed when the session ends:
+    pytest would otherwise keep the last three sessions' under ``/tmp/pytest-of-<user>``. ``--basetemp DIR``
+    keeps them in DIR, to look at after a failure."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        _BASETEMP.append(tempfile.mkdtemp(prefix="pt-tests-"))
+        config.option.basetemp = _BASETEMP[-1]
+
+
+def pytest_unconfigure(config):
+    while _BASETEMP:
+        shutil.rmtree(_BASETEMP.pop(), ignore_errors=True)
+
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_ARCH = ASSETS / "tiny_clip.json"  # 2 blocks per tower: fast, for tests of one mechanism

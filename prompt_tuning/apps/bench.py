@@ -216,7 +216,7 @@ def cocoop_steps(clip: FrozenCLIP, classes: int, device: str, repeats: int, log=
 
 
 def run(classes: int = 100, shots: int = 16, model: str = "ViT-B-16", device: str = "cpu", repeats: int = 3,
-        batch: int = 32, test_per_class: int = 1, eval_batch: int = 50, seed: int = 0, log=print,
+        batch: int = 32, test_images: int = 50, eval_batch: int = 25, seed: int = 0, log=print,
         cocoop_classes: int = 10) -> dict:
     """Measure both paths; returns the figures (see `main` for the printed table)."""
     torch.manual_seed(seed)
@@ -291,7 +291,7 @@ def run(classes: int = 100, shots: int = 16, model: str = "ViT-B-16", device: st
     mem = activations_1000_classes(clip, log)
     cocoop = cocoop_steps(clip, cocoop_classes, device, repeats, log)
 
-    n_test = classes * test_per_class
+    n_test = test_images
     test = torch.randint(0, 256, (n_test, 3, size, size), generator=g, dtype=torch.uint8).float().div(255).to(device)
     batches = test.split(eval_batch)
     eval_repeats = min(repeats, 2)  # each round encodes every test image twice; the steps warmed everything up
@@ -556,14 +556,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--repeats", type=int, default=3,
                    help="rounds of each comparison, the paths taking turns (median of the paired ratios)")
-    p.add_argument("--test-per-class", type=int, default=1, help="test images per class")
     p.add_argument("--cocoop-classes", type=int, default=10, help="classes of the CoCoOp steps (B x C prompts)")
-    p.add_argument("--eval-batch", type=int, default=50, help="images per evaluation batch")
+    p.add_argument("--eval-batch", type=int, default=25, help="images per evaluation batch")
     p.add_argument("--whole-run", action="store_true",
                    help="one CoOp run end to end on generated JPEGs (prompt_tuning.apps.bench_run), ours against "
                         "the authors' path")
     p.add_argument("--epochs", type=int, default=2, help="--whole-run: training epochs of each path")
-    p.add_argument("--test-images", type=int, default=200, help="--whole-run: test JPEGs in all")
+    p.add_argument("--test-images", type=int, default=None,
+                   help="test images of the evaluation (default 50), or test JPEGs of --whole-run (default 200)")
     p.add_argument("--workers", type=int, default=2, help="--whole-run: data-loader workers of each path")
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p
@@ -574,7 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.classes is None:
         args.classes = 20 if args.whole_run else 100
-    for flag in ("classes", "shots", "repeats", "test_per_class", "eval_batch", "cocoop_classes", "epochs",
+    if args.test_images is None:
+        args.test_images = 200 if args.whole_run else 50
+    for flag in ("classes", "shots", "repeats", "eval_batch", "cocoop_classes", "epochs",
                  "test_images"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')}={getattr(args, flag)}: expected an integer >= 1")
@@ -608,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.method == "coop":
             r = run(args.classes, args.shots, args.model, args.device, args.repeats,
-                    test_per_class=args.test_per_class, eval_batch=args.eval_batch, log=log,
+                    test_images=args.test_images, eval_batch=args.eval_batch, log=log,
                     cocoop_classes=args.cocoop_classes)
         else:
             r = run_multimodal(args.method, args.classes, args.model, args.device, args.repeats, log=log)

@@ -1,7 +1,7 @@
 """`prompt-tuning`: train, eval, demo.
 
     prompt-tuning train method=coop dataset=eurosat protocol=fewshot protocol.shots=4 seed=2
-    prompt-tuning eval outputs/eurosat/coop/fewshot/shots_4/seed_2
+    prompt-tuning eval outputs/eurosat/coop/vit_b16/fewshot/shots_4/seed_2
     prompt-tuning demo
 
 User mistakes end in one message naming the culprit (``--debug`` shows the traceback).
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="a run folder (holding config.yaml and checkpoints/last.ckpt)")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="changes to the run's config, e.g. dataset=...")
     e.add_argument("--checkpoint", help="checkpoint file (default: RUN/checkpoints/last.ckpt)")
+    e.add_argument("--out", help="the JSON file of the result (default: RUN/eval/<checkpoint>[-<overrides>].json)")
 
     x = command("export", "write a run's learned classifier to a .safetensors file usable without this package")
     x.add_argument("run", help="a run folder (holding config.yaml and checkpoints/last.ckpt)")
@@ -83,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
                          formatter_class=HelpFormatter)
     pr.add_argument("name", help="a configs/dataset name")
     pr.add_argument("--root", required=True, help="the data root to create the dataset folder in")
-    pr.add_argument("--seed", type=int, default=1, help="seed of the per-class train/val/test split")
+    pr.add_argument("--seed", type=int, help="seed of the per-class train/val/test split (default: 1); for shapes, "
+                                             "of the generated images (default: 0, the demo's)")
 
     sub.add_parser("bench", help="time our path against the reference recipe (prompt-tuning bench --help)",
                    add_help=False)
@@ -92,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     tb = command("table", "mean/std over seeds per method and dataset, with published numbers")
     tb.add_argument("dir", help="a folder of runs (a sweep's output)")
     tb.add_argument("--format", default="md", choices=["md", "csv", "latex"], help="output format")
+    tb.add_argument("--layout", choices=["wide", "long"],
+                    help="wide: methods x datasets, as papers print them (default for md, latex); long: a row per "
+                         "method, shots and dataset with std and seed count (default for csv)")
     tb.add_argument("--experiment", help="experiment file with the grid and published numbers "
                                          "(default: DIR/experiment.yaml, written by sweep)")
     pl_ = command("plot", "accuracy-vs-shots curves and base/novel/HM bars")
@@ -99,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     pl_.add_argument("--out", help="folder for the figures (default: DIR/plots)")
     pl_.add_argument("--format", default="png", choices=["png", "pdf", "svg"], help="figure file format")
     pl_.add_argument("--dpi", type=int, default=150, help="resolution of PNG figures")
+    pl_.add_argument("--width", help="column (3.3 in), page (6.9 in) or inches (default: page for curves of "
+                                     "several datasets, else column)")
+    pl_.add_argument("--caption", action="store_true", help="draw the caption in the figure (it is always "
+                                                            "written to a .txt beside it)")
     pl_.add_argument("--experiment", help="experiment file with display names "
                                           "(default: DIR/experiment.yaml, written by sweep)")
 
@@ -112,18 +121,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args) -> None:
     from prompt_tuning.config.compose import annotated_yaml, compose_annotated
-    from prompt_tuning.runs.runner import Interrupted, train
-    from prompt_tuning.runs.trainer import rank
 
-    composed = compose_annotated(args.overrides)
+    composed = compose_annotated(args.overrides)  # a mistake in the config is said before torch is imported
     cfg = composed.cfg
     if args.print_config:
         print(annotated_yaml(cfg, composed.sources), end="")
         return
+    from prompt_tuning.runs.runner import Interrupted, train
+    from prompt_tuning.runs.trainer import rank
+
     try:
         result = train(cfg, composed.sources)
     except Interrupted as e:
         again = " ".join(shlex.quote(a) for a in args.overrides if not a.startswith("resume="))
+        if not (Path(cfg.output_dir) / "checkpoints" / "last.ckpt").is_file():  # stopped in its first epoch
+            raise KeyboardInterrupt(f"interrupted at epoch {e.epoch}/{e.max_epochs}, before its first checkpoint; "
+                                    f"run it again with: prompt-tuning train {again}") from None
         raise KeyboardInterrupt(f"interrupted at epoch {e.epoch}/{e.max_epochs}; continue with: "
                                 f"prompt-tuning train {again} resume=true") from None
     if rank() > 0:  # a further process of a multi-device run: rank 0 reports
@@ -133,14 +146,34 @@ def _train(args) -> None:
 
 
 def _eval(args) -> None:
+    """Test a run's checkpoint; the metrics go to stdout (JSON) and, with what produced them, to a JSON file."""
+    import time
+
     from prompt_tuning.runs.folder import RunFolder
-    from prompt_tuning.runs.runner import evaluate_checkpoint
 
     folder = RunFolder(args.run)
     cfg = folder.config(args.overrides)
-    checkpoint = args.checkpoint or folder.last_checkpoint
+    checkpoint = Path(args.checkpoint) if args.checkpoint else folder.last_checkpoint
+    out = Path(args.out) if args.out else folder.eval_file(checkpoint, args.overrides)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give the .json file to write")
+    from prompt_tuning.config.hashing import run_hash
+    from prompt_tuning.core.files import write_json
+    from prompt_tuning.runs.runner import evaluate_checkpoint, versions
+
+    start = time.time()
     metrics = evaluate_checkpoint(cfg, checkpoint)
     print(json.dumps(metrics, indent=2))
+    record = {"run": str(folder.path), "checkpoint": str(checkpoint) if checkpoint.is_file() else None,
+              "overrides": list(args.overrides), "trained_config_hash": folder.saved_hash(),
+              "config_hash": run_hash(cfg), "method": cfg.method.name, "dataset": cfg.dataset.name,
+              "protocol": cfg.protocol.name, "shots": cfg.protocol.shots, "seed": cfg.seed, "metrics": metrics,
+              "wall_time_s": round(time.time() - start, 2), "time": time.time(), "versions": versions()}
+    try:
+        write_json(out, record)
+    except UserError as e:  # a run folder one may read but not write (a colleague's)
+        raise UserError(f"{e}; the metrics are above: choose where to keep them with --out FILE") from e
+    print(f"wrote {out}", file=sys.stderr)  # stdout holds only the metrics' JSON
 
 
 def _export(args) -> None:
@@ -157,11 +190,14 @@ def _datasets(args) -> int:
     from prompt_tuning.config.compose import dataset_section, group_options
 
     if args.action == "list":
+        from prompt_tuning.data.check import count_classes
+
         for name in group_options("dataset"):
             section = dataset_section(name, args.root)
             root = section.init_args.get("root", "")
             state = "present" if root and Path(root).is_dir() else "missing"
-            print(f"{name:16s} {section.n_classes or '?':>5} classes  {state:8s} {root}")
+            n = section.n_classes or (count_classes(section) if state == "present" else None)  # config, or folder
+            print(f"{name:16s} {n or '?':>5} classes  {state:8s} {root}")
         return 0
     if args.action == "prepare":
         from prompt_tuning.data.prepare import prepare
@@ -180,11 +216,11 @@ def _experiment_results(args, log=print) -> tuple[dict | None, list[dict], list 
     """The experiment of a results folder (``--experiment``, or the copy a sweep keeps there), the results that
     count (its grid's runs of its configuration; every one without an experiment), and its composed runs. The
     results that do not count are said on stderr."""
-    from prompt_tuning.config.experiment import SWEPT, composed_runs, grid_hashes, load_experiment
+    from prompt_tuning.config.experiment import composed_runs, grid_hashes, load_experiment, swept_experiment
     from prompt_tuning.reporting.results import collect
 
-    exp_path = Path(args.experiment) if args.experiment else Path(args.dir) / SWEPT
-    exp = load_experiment(exp_path) if exp_path.is_file() else None
+    exp_path = Path(args.experiment) if args.experiment else swept_experiment(args.dir)
+    exp = load_experiment(exp_path) if exp_path is not None and exp_path.is_file() else None
     cfgs = composed_runs(exp) if exp else None
     ignored: list = []
     results = collect(args.dir, grid_hashes(exp, cfgs) if cfgs is not None else None, ignored)
@@ -200,23 +236,30 @@ def _experiment_results(args, log=print) -> tuple[dict | None, list[dict], list 
 def _table(args) -> None:
     from prompt_tuning.config.experiment import expected_runs
     from prompt_tuning.reporting.results import aggregate, format_table
+    from prompt_tuning.reporting.tables import wide_table
 
     exp, results, cfgs = _experiment_results(args)
     if not results and exp is None:
         raise UserError(f"no result.json under {args.dir}")
     table = aggregate(results, expected_runs(exp, cfgs) if exp else None)
     seeds = len(exp["grid"].get("seed", [1])) if exp else None
-    print(format_table(table, args.format, exp.get("published") if exp else None, seeds))
+    published = exp.get("published") if exp else None
+    if (args.layout or ("long" if args.format == "csv" else "wide")) == "long":
+        print(format_table(table, args.format, published, seeds))
+    else:
+        print(wide_table(table, args.format, published, seeds, exp.get("display") if exp else None))
 
 
 def _plot(args) -> None:
+    from prompt_tuning.config.experiment import expected_runs
     from prompt_tuning.reporting.plot import plot
 
-    exp, results, _ = _experiment_results(args)
+    exp, results, cfgs = _experiment_results(args)
+    expected = expected_runs(exp, cfgs) if exp else None
     exp = exp or {}
     for path in plot(args.dir, args.out, args.format, args.dpi, exp.get("display"), exp.get("published"),
-                     results=results):
-        print(f"wrote {path}")
+                     results=results, expected=expected, width=args.width, caption=args.caption):
+        print(f"wrote {path} (caption: {path.with_suffix('.txt').name})")
 
 
 def _demo(args) -> None:

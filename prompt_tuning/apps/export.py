@@ -3,10 +3,12 @@
 For a context whose class weights do not depend on the image and draw nothing at random (CoOp, KgCoOp, ProGrad,
 ECO, zero-shot), the learned prompts *are* a linear classifier on CLIP's normalised image features: the
 normalised class text features ``W`` ``(C, d)`` and the logit scale, ``logits = scale * normalize(f) @ W.T``.
-The file holds those, the class names, the model name and its weights identity, so open_clip alone can use it
-(see the README). For conditional or stochastic contexts (CoCoOp, Bayesian prompts) the class weights change
-per image or per draw: the file then holds the learned tensors themselves, with a note that they need this
-toolkit. `load_head` reads either kind back.
+The file holds those, the class names, the model name and its weights identity, and the architecture as it ran
+(open_clip's model config dict, QuickGELU included, and the image preprocessing), so open_clip alone can rebuild
+any model, a built-in name or an architecture of one's own (random weights: from the seed they were drawn with;
+see the README). It is a safetensors file: tensors and text, no code. For conditional or stochastic contexts
+(CoCoOp, Bayesian prompts) the class weights change per image or per draw: the file then holds the learned tensors
+themselves, with a note that they need this toolkit. `load_head` reads either kind back.
 """
 
 from __future__ import annotations
@@ -105,6 +107,10 @@ def export_head(run_dir: str | Path, out: str | Path, classes_file: str | Path |
         "weights": clip.weights,
         "image_tower_digest": clip.image_tower_digest(),
         "open_clip_model": _open_clip_name(clip),
+        "open_clip_config": json.dumps(_open_clip_config(cfg, clip), sort_keys=True),  # open_clip.CLIP(**config)
+        "preprocess": json.dumps({"image_size": clip.preprocess.image_size, "mean": list(clip.preprocess.mean),
+                                  "std": list(clip.preprocess.std), "interpolation": clip.preprocess.interpolation}),
+        "init_seed": str(int(cfg.seed)),  # the torch seed random weights were drawn with (pretrained: unused)
         "classnames": json.dumps(list(names)),
         "template": task.template,
         "run_hash": folder.saved_hash() or "",
@@ -130,12 +136,36 @@ def export_head(run_dir: str | Path, out: str | Path, classes_file: str | Path |
     return load_head(out)
 
 
+def _uses_quick_gelu(clip) -> bool:
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in clip.model.modules())
+
+
+def _open_clip_config(cfg, clip) -> dict:
+    """The open_clip model config dict the model was built from (``open_clip.CLIP(**config)``, or
+    ``CustomTextCLIP`` when it holds ``custom_text: true``, as in open_clip's ``model_configs``), with the
+    activation the model ran with."""
+    from omegaconf import OmegaConf
+
+    if cfg.model.arch is not None:
+        arch = cfg.model.arch
+        config = (json.loads(Path(arch).read_text()) if isinstance(arch, str) else
+                  OmegaConf.to_container(arch, resolve=True))
+    else:
+        config = open_clip.get_model_config(clip.name)
+        if config is None:
+            raise UserError(f"open_clip has no config for the architecture {clip.name!r}, so the file could not "
+                            "say how to rebuild it")
+        config = json.loads(json.dumps(config))  # a copy, plain
+    config["quick_gelu"] = _uses_quick_gelu(clip)
+    return config
+
+
 def _open_clip_name(clip) -> str:
     """The open_clip architecture name that rebuilds this model as it ran: ``ViT-B-16-quickgelu`` for weights
     used with QuickGELU (open_clip's ``ViT-B-16`` with ``pretrained="openai"`` would use GELU)."""
-    from open_clip.transformer import QuickGELU
-
-    quick = any(isinstance(m, QuickGELU) for m in clip.model.modules())
+    quick = _uses_quick_gelu(clip)
     name = f"{clip.name}-quickgelu"
     return name if quick and not clip.name.endswith("-quickgelu") and name in open_clip.list_models() else clip.name
 

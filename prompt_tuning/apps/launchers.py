@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prompt_tuning.apps.grid import compose_run, run_one, status
 from prompt_tuning.apps.logs import log_to_stderr
-from prompt_tuning.config.experiment import expand, load_experiment
+from prompt_tuning.config.experiment import expand, load_experiment, with_overrides
 from prompt_tuning.core.errors import UserError
 from prompt_tuning.core.locks import Busy, squeue
 from prompt_tuning.runs.folder import RunFolder
@@ -39,7 +39,7 @@ def task(experiment: str, index: int, overrides: list[str] = (), cwd: str | None
         os.chdir(cwd)  # relative paths of the experiment (output, data.root) mean what they meant at submission
     quiet_lightning()
     exp = load_experiment(experiment)
-    exp["args"] = [*exp["args"], *overrides]
+    exp = with_overrides(exp, overrides)
     runs = {run.index: run for run in expand(exp)}
     if index not in runs:
         raise UserError(f"experiment {experiment} has no run {index} (it has {len(runs)})")
@@ -52,6 +52,26 @@ def task(experiment: str, index: int, overrides: list[str] = (), cwd: str | None
         return run_one(composed.cfg, composed.sources)
     except Busy:  # another process took the run meanwhile
         return None
+
+
+def slurm_task(experiment: str, index: int, overrides: list[str] = (), cwd: str | None = None,
+               progress: bool = False) -> dict | None:
+    """`task` as a SLURM task runs it: a user error or an interruption (SIGTERM from ``scancel``, preemption or
+    the time limit; submitit's own timeout) ends the task with one line on stderr (its ``.err`` log) and an exit
+    code, not a traceback; the run's failure record (``error.json``) says the same for ``sweep --status``."""
+    try:
+        return task(experiment, index, overrides, cwd, progress)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (KeyboardInterrupt, SystemExit) as e:
+        print(f"error: {(getattr(e, '__notes__', None) or [str(e) or 'interrupted'])[-1]}", file=sys.stderr)
+        raise SystemExit(143 if getattr(e, "signal", "") == "SIGTERM" else 130) from None
+    except Exception as e:
+        if type(e).__name__ != "UncompletedJobError":  # submitit's: out of time, and not checkpointable
+            raise
+        print(f"error: SLURM task {os.environ.get('SLURM_JOB_ID', '?')}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 # ----------------------------------------------------------------------------------------------- local
@@ -295,7 +315,7 @@ class Slurm:
         executor = self.executor(folder, f"pt-{name}", devices.pop())
         cwd, progress = os.getcwd(), False
         try:
-            jobs = executor.map_array(task, [str(experiment)] * len(todo), [r.index for r in todo],
+            jobs = executor.map_array(slurm_task, [str(experiment)] * len(todo), [r.index for r in todo],
                                       [list(overrides)] * len(todo), [cwd] * len(todo), [progress] * len(todo))
         except Exception as e:  # submitit's FailedJobError etc.: sbatch refused the array
             raise UserError(f"sbatch refused the job array: {' '.join(str(e).split())[:500]}") from e
@@ -351,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, or the SIGTERM of a sweep that stops: one line, no traceback
+        print(f"error: {(getattr(e, '__notes__', None) or [str(e) or 'interrupted'])[-1]}", file=sys.stderr)
+        return 143 if getattr(e, "signal", "") == "SIGTERM" else 130
     from prompt_tuning.runs.trainer import rank
 
     if result is not None and rank() == 0:

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from prompt_tuning.apps.grid import compose_run, run_one, state_of, status
 from prompt_tuning.apps.launchers import Local, Slurm
 from prompt_tuning.config.compose import Composed, dataset_section
-from prompt_tuning.config.experiment import SWEPT, expand, load_experiment
+from prompt_tuning.config.experiment import expand, load_experiment, swept_copy, with_overrides
 from prompt_tuning.core.errors import HelpFormatter, UserError
 from prompt_tuning.core.files import write_atomic
 from prompt_tuning.core.locks import Busy
@@ -49,20 +49,58 @@ def recipe_note(composed: Composed) -> str:
     return " ".join(f"{k}={shown(v)}" for k, (v, _) in sorted(composed.recipe_values.items()))
 
 
+PER_RUN = 24  # a dry run lists each run up to this many runs (more: grouped by state, reason and recipe)
+
+
+def per_run_lines(runs: list, states: list[str], composed: list, problems: dict) -> list[str]:
+    """A dry run's line per run: its state, grid values and folder, its recipe values, why it is blocked."""
+    lines = []
+    for i, (run, state, c) in enumerate(zip(runs, states, composed)):
+        note = recipe_note(c)
+        lines.append(f"  [{state:7s}] {run.describe()}  ->  {run.output_dir}"
+                     + (f"\n            recipe: {note}" if note else "")
+                     + (f"\n            blocked: {problems[i]}" if state == "blocked" else ""))
+    return lines
+
+
+def grouped_lines(runs: list, states: list[str], composed: list, problems: dict) -> list[str]:
+    """A dry run of many runs in a few lines: the runs per state (and per reason for the blocked ones), and
+    the recipe values per method; ``--verbose`` lists each run."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, state in enumerate(states):
+        groups.setdefault((state, problems.get(i, "") if state == "blocked" else ""), []).append(i)
+    lines = []
+    for (state, why), members in groups.items():
+        example = runs[members[0]]
+        lines.append(f"  [{state:7s}] {len(members)} run{'s' * (len(members) > 1)}" + (f": {why}" if why else "")
+                     + f"  (e.g. {example.describe()}  ->  {example.output_dir})")
+    recipes: dict[str, dict[str, int]] = {}
+    for c in composed:
+        note = recipe_note(c)
+        if note:
+            notes = recipes.setdefault(str(c.cfg.method.name), {})
+            notes[note] = notes.get(note, 0) + 1
+    for method, notes in recipes.items():
+        for note, n in notes.items():
+            lines.append(f"  recipe {method} ({n} run{'s' * (n > 1)}): {note}")
+    lines.append(f"  ({len(runs)} runs in all; --verbose lists each one)")
+    return lines
+
+
 def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progress: bool = False,
-          log=print, overwrite: bool = False, overrides: list[str] = (), launcher=None) -> dict[str, int]:
+          log=print, overwrite: bool = False, overrides: list[str] = (), launcher=None,
+          verbose: bool = False) -> dict[str, int]:
     """Run the missing runs of an experiment; returns counts of done / ran / failed / running / blocked.
 
     ``overrides`` (``key=value``, as for ``train``) apply to every run, after the experiment's own arguments.
     ``launcher``: None runs them here one after another; a `prompt_tuning.apps.launchers.Local` or ``Slurm`` runs
     them in processes of their own or as a SLURM job array.
     """
-    from prompt_tuning.runs.runner import Interrupted
-
     exp = load_experiment(path)
-    exp["args"] = [*exp["args"], *overrides]
+    exp = with_overrides(exp, overrides)
     runs = expand(exp, only)
-    composed = [compose_run(run, progress, overwrite) for run in runs]
+    composed = [compose_run(run, progress, overwrite) for run in runs]  # a mistake is said before torch is imported
+    from prompt_tuning.runs.runner import Interrupted
     cfgs = [c.cfg for c in composed]
     refuse_shared_folders(runs)
     if launcher is None and any(int(cfg.trainer.devices) > 1 for cfg in cfgs):
@@ -81,17 +119,15 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
     if dry_run:
         for line in checks.lines():
             log(line)
-        for i, (run, state, c) in enumerate(zip(runs, states, composed)):
-            note = recipe_note(c)
-            log(f"  [{state:7s}] {run.describe()}  ->  {run.output_dir}"
-                + (f"\n            recipe: {note}" if note else "")
-                + (f"\n            blocked: {problems[i]}" if state == "blocked" else ""))
+        lines = per_run_lines if verbose or len(runs) <= PER_RUN else grouped_lines
+        for line in lines(runs, states, composed, problems):
+            log(line)
         log(estimate(cfgs, states))
         return counts
     text = Path(path).read_text()
-    if overrides:  # table and plot must see the runs as they were composed
+    if overrides:  # table and plot must see the runs as they were composed: a copy of its own, beside the plain one
         text = f"# written by `prompt-tuning sweep {path} {' '.join(overrides)}`\n" + OmegaConf.to_yaml(exp)
-    write_atomic(Path(exp["output"]) / SWEPT, text)
+    write_atomic(Path(exp["output"]) / swept_copy(exp), text)
     started = time.time()
     failures = [(runs[i].describe(), problems[i]) for i, s in enumerate(states) if s == "blocked"]
     if launcher is not None:
@@ -124,7 +160,7 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
         if status(cfg) != "todo":  # another sweep got there meanwhile
             continue
         eta = (time.time() - started) / (n - 1) * (len(todo) - n + 1) if n > 1 else None
-        log(f"[{n}/{len(todo)}] {run.describe()}" + (f"  (ETA {eta / 60:.1f} min)" if eta is not None else ""))
+        log(f"[{n}/{len(todo)}] {run.describe()}" + (f"  (ETA {_duration(eta)})" if eta is not None else ""))
         try:
             result = run_one(cfg, composed[i].sources)
             counts["ran"] += 1
@@ -151,14 +187,17 @@ def sweep(path: str | Path, only: list[str] = (), dry_run: bool = False, progres
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    """``42 s``, ``3.5 min`` or ``2.1 h``."""
+    if seconds < 120:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def report(path: str | Path, only: list[str] = (), overrides: list[str] = (), log=print) -> dict[str, int]:
     """``--status``: each run's state (done, running with its lock holder, failed with its error, missing;
     changed for a folder holding another configuration's result), then the counts."""
     exp = load_experiment(path)
-    exp["args"] = [*exp["args"], *overrides]
+    exp = with_overrides(exp, overrides)
     runs = expand(exp, only)
     counts = dict.fromkeys(("done", "running", "failed", "missing", "changed"), 0)
     lines = []
@@ -265,8 +304,8 @@ def estimate(cfgs: list, states: list[str]) -> str:
     if not times:
         return f"estimated time: unknown ({todo} runs to do; no finished run to estimate from)"
     mean = sum(times) / len(times)
-    return (f"estimated time: {mean * todo / 3600:.1f} h for {todo} runs "
-            f"(mean {mean / 60:.1f} min over {len(times)} finished runs)")
+    return (f"estimated time: {_duration(mean * todo)} for {todo} runs "
+            f"(mean {_duration(mean)} over {len(times)} finished runs)")
 
 
 def parser():
@@ -283,6 +322,8 @@ def parser():
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run a slice of the grid (repeatable)")
     p.add_argument("--progress", action="store_true", help="progress bars inside each run")
+    p.add_argument("--verbose", action="store_true",
+                   help=f"--dry-run: a line per run (by default, grids of more than {PER_RUN} runs are grouped)")
     p.add_argument("--overwrite", action="store_true",
                    help="rerun runs whose folder holds a finished result of another configuration")
     p.add_argument("--status", action="store_true",
@@ -325,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = report(args.experiment, args.only, args.overrides, log=say)
         return 1 if counts["failed"] else 0
     counts = sweep(args.experiment, args.only, args.dry_run, args.progress, log=say, overwrite=args.overwrite,
-                   overrides=args.overrides, launcher=None if args.dry_run else make_launcher(args))
+                   overrides=args.overrides, launcher=None if args.dry_run else make_launcher(args),
+                   verbose=args.verbose)
     return 1 if counts["failed"] or (counts["blocked"] and not args.dry_run) else 0
 
 

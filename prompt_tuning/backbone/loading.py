@@ -9,6 +9,8 @@ import copy
 import json
 import logging
 import os
+import socket
+import urllib.parse
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -124,11 +126,39 @@ def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", ar
     return Loaded(model, open_clip.get_tokenizer(name), preprocess, name, weights)
 
 
+PROBE_SECONDS = 3.0  # how long a download host may take to answer before we call the machine offline
+
+
+def unreachable(name: str, tag: str, cache_dir: str | None) -> str | None:
+    """Why the weights of an uncached tag cannot be downloaded from here, found in seconds (the hub client would
+    retry for a minute): offline mode, or no connection to the host. None when a download may work (a proxy is
+    set, or the host answers)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the proxy decides; a direct connection says nothing
+    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if cfg.get("hf_hub") else cfg.get("url", "")
+    host = urllib.parse.urlsplit(url).hostname
+    if not host:
+        return None
+    try:
+        socket.create_connection((host, 443), timeout=PROBE_SECONDS).close()
+    except OSError as e:
+        return f"no connection to {host}: {e.strerror or type(e).__name__}"
+    return None
+
+
 def _create(name: str, tag: str | None, quick_gelu: bool, cache_dir: str | None) -> nn.Module:
-    """``open_clip.create_model``, with a failed download turned into one line saying what to do."""
+    """``open_clip.create_model``, with a failed download turned into one line saying what to do (at once when
+    the weights are not cached and their host cannot be reached)."""
     disabled = logging.root.manager.disable
     logging.disable(logging.ERROR)  # the hub's retry chatter and open_clip's own error log: reported below
     try:
+        why = unreachable(name, tag, cache_dir) if tag and weights_status(name, tag, None, cache_dir) == "download" \
+            else None
+        if why:
+            raise OSError(why)
         return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
     except (RuntimeError, OSError, ValueError) as e:
         if not tag:

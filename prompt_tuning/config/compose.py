@@ -31,7 +31,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prompt_tuning.config.instantiate import check_init_args, merged
+from prompt_tuning.config.identity import model_label, variant
+from prompt_tuning.config.instantiate import check_init_args, check_names_early, merged
 from prompt_tuning.config.recipes import Recipe, apply_recipes, leaf_keys, read_recipes
 from prompt_tuning.config.schema import check_ranges, check_type
 from prompt_tuning.core.errors import UserError, close_matches
@@ -153,6 +154,8 @@ def compose_annotated(args: list[str] | tuple[str, ...] = ()) -> Composed:
             raise UserError(f"choose a {group}: {group}=NAME with NAME one of {', '.join(group_options(group, roots))}")
         cfg[group] = merged(cfg[group], _group_config(group, str(value), roots))
     recipes = read_recipes(cfg.method.pop("recipes"), f"method {cfg.method.get('name')}", cfg)
+    cfg.runtime.model = model_label(str(choices["model"]))
+    cfg.runtime.variant = variant(overrides)  # a sweep's runtime.variant= override names its own
     OmegaConf.set_struct(cfg, True)
     open_init_args(cfg)
     plain = _with_overrides(cfg, overrides)
@@ -178,6 +181,7 @@ def compose_annotated(args: list[str] | tuple[str, ...] = ()) -> Composed:
             raise UserError(f"config interpolation failed: {' '.join(str(e).split())[:300]}") from e
     cfg.runtime.env = {k: v.replace("${", "\\${") for k, v in from_env.items()}  # kept as text, not resolved
     check_ranges(cfg)
+    check_names_early(cfg)  # a misspelt argument in a second, before torch is imported
     check_init_args(cfg)
     sources = {key: r.source for r in matched for key in leaf_keys(r.values)}
     recipe_values = {}

@@ -2,7 +2,7 @@
 arguments every run shares, and the published numbers the table is compared with::
 
     name: base2novel
-    output: outputs/base2novel          # runs go to <output>/<dataset>/<method>/<variant>/shots_<K>/seed_<S>
+    output: outputs/base2novel          # runs go to <output>/<dataset>/<method>/<model>/<protocol>[-<tag>]/...
     args: [protocol=base2novel]         # applied to every run (any train argument)
     grid:                               # one run per combination; keys are groups, `seed` or any config key
       method: [coop, cocoop]
@@ -12,7 +12,9 @@ arguments every run shares, and the published numbers the table is compared with
     display: {coop: CoOp, "coop[n_ctx=4]": CoOp-4}   # names in plots (default: the papers' spelling)
 
 Grid values other than method, dataset, seed and ``protocol.shots`` are recorded as ``tags`` in each result (they
-distinguish ablation variants in tables).
+distinguish ablation variants in tables). They, and the overrides a sweep is given on its command line (kept in
+the experiment as ``overrides:``), tag the run's folder (`prompt_tuning.config.identity`): ``.../shots_<K>/seed_<S>``
+under ``<protocol>-n_ctx4-lr0.01``, so a sweep with overrides never shares a folder with the plain experiment.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prompt_tuning.config.compose import compose, load_yaml
+from prompt_tuning.config.compose import GROUPS, compose, load_yaml
+from prompt_tuning.config.identity import override_tag, variant
 from prompt_tuning.core.errors import UserError
 
 PATH_KEYS = ("dataset", "method", "protocol.shots", "seed")  # keys the standard run path already encodes
 SWEPT = "experiment.yaml"  # the copy of its experiment a sweep keeps in its output folder, for table and plot
+ENTRIES = ("name", "description", "output", "args", "overrides", "grid", "published", "display")
 
 
 @dataclass
@@ -56,17 +60,47 @@ def load_experiment(path: str | Path) -> dict:
             raise UserError(f"experiment {path} needs a '{key}' entry")
     if not isinstance(exp["grid"], dict) or not isinstance(exp.get("args", []), list):
         raise UserError(f"experiment {path}: 'grid' must map keys to lists of values and 'args' must be a list")
-    unknown = set(exp) - {"name", "description", "output", "args", "grid", "published", "display"}
+    unknown = set(exp) - set(ENTRIES)
     if unknown:
-        raise UserError(f"experiment {path}: unknown entries {sorted(unknown)}; valid: name, description, "
-                        "output, args, grid, published, display")
+        raise UserError(f"experiment {path}: unknown entries {sorted(unknown)}; valid: {', '.join(ENTRIES)}")
+    if not isinstance(exp.get("overrides", []), list):
+        raise UserError(f"experiment {path}: 'overrides' must be a list of key=value")
     exp.setdefault("output", f"outputs/{exp['name']}")
     exp.setdefault("args", [])
+    exp.setdefault("overrides", [])
     return exp
 
 
+def with_overrides(exp: dict, overrides: list[str]) -> dict:
+    """The experiment with a sweep's command-line ``key=value`` overrides, applied to every run after its own
+    arguments; they tag the run folders (a sweep with ``optim.lr=0.01`` never reuses the plain runs' folders)."""
+    return {**exp, "overrides": [*exp.get("overrides", []), *overrides]}
+
+
+def swept_copy(exp: dict) -> str:
+    """The file name of the copy a sweep keeps in its output folder: ``experiment.yaml``, or, for a sweep with
+    overrides, ``experiment-<tag>.yaml`` (``model=rn50 optim.lr=0.01`` -> ``experiment-modelrn50-lr0.01.yaml``)."""
+    pairs = [tuple(o.partition("=")[::2]) for o in exp.get("overrides", [])]
+    tag = override_tag(pairs)
+    return f"experiment-{tag}.yaml" if tag else SWEPT
+
+
+def swept_experiment(folder: str | Path) -> Path | None:
+    """The copy of its experiment a sweep left in ``folder``: the plain one, or the one copy of a sweep with
+    overrides; several override copies and no plain one is an error naming them (``--experiment`` picks one)."""
+    folder = Path(folder)
+    if (folder / SWEPT).is_file():
+        return folder / SWEPT
+    copies = sorted(folder.glob("experiment-*.yaml"))
+    if len(copies) > 1:
+        raise UserError(f"{folder} holds the runs of {len(copies)} sweeps with overrides "
+                        f"({', '.join(c.name for c in copies)}): choose one with --experiment {copies[0]}")
+    return copies[0] if copies else None
+
+
 def expand(exp: dict, only: list[str] = ()) -> list[Run]:
-    """Every combination of the grid (in file order), filtered by ``only`` (``key=value`` strings)."""
+    """Every combination of the grid (in file order), filtered by ``only`` (``key=value`` strings; ``key=a,b``
+    or a repeated key keeps any of the values)."""
     grid = exp["grid"]
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -81,7 +115,8 @@ def expand(exp: dict, only: list[str] = ()) -> list[Run]:
         key, sep, value = f.partition("=")
         if not sep or key not in grid:
             raise UserError(f"--only {f!r}: give key=value with key one of {', '.join(grid)}")
-        filters.setdefault(key, set()).add(value)
+        known = {str(v) for v in grid[key]}  # a comma list is alternatives, unless a value holds the comma
+        filters.setdefault(key, set()).update({value} if value in known else value.split(","))
     if filters:
         for key, wanted in filters.items():
             unknown = sorted(wanted - {str(v) for v in grid[key]})
@@ -89,17 +124,20 @@ def expand(exp: dict, only: list[str] = ()) -> list[Run]:
                 raise UserError(f"--only {key}={','.join(unknown)} matches nothing: the grid's {key} values are "
                                 f"{', '.join(map(str, grid[key]))}")
     runs = []
+    overrides = exp.get("overrides", [])
     for index, combo in enumerate(itertools.product(*grid.values())):
         choice = dict(zip(grid, combo))
         if any(str(choice[k]) not in v for k, v in filters.items()):
             continue
         tags = {k.rpartition(".")[2]: v for k, v in choice.items() if k not in PATH_KEYS and k not in
                 ("protocol", "model")}
-        variant = "_".join(f"{k}{v}" for k, v in tags.items()) or "default"
-        args = [*exp["args"], *(f"{k}={v}" for k, v in choice.items()),
-                *(f"tags.{k}={v}" for k, v in tags.items()), f"runtime.experiment={exp['name']}"]
-        out = (f"{exp['output']}/${{dataset.name}}/${{method.name}}/{variant}/shots_${{protocol.shots}}/"
-               f"seed_${{seed}}")
+        tagging = [(k, str(v)) for k, v in choice.items() if k not in GROUPS] + [
+            tuple(o.partition("=")[::2]) for o in overrides if o.partition("=")[0] not in GROUPS]
+        args = [*exp["args"], *overrides, *(f"{k}={v}" for k, v in choice.items()),
+                *(f"tags.{k}={v}" for k, v in tags.items()), f"runtime.experiment={exp['name']}",
+                f"runtime.variant={variant(tagging) or repr('')}"]
+        out = (f"{exp['output']}/${{dataset.name}}/${{method.name}}/${{runtime.model}}/${{protocol.name}}"
+               "${runtime.variant}/shots_${protocol.shots}/seed_${seed}")
         runs.append(Run(choice, [*args, f"output_dir={out}"], Path(), index))
     return runs
 

@@ -4,13 +4,18 @@ config or experiment file cannot call arbitrary code."""
 
 from __future__ import annotations
 
+import ast
 import collections.abc
 import copy
+import functools
 import importlib
+import importlib.util
 import inspect
+import re
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -97,16 +102,9 @@ def check_init_args(cfg: DictConfig) -> None:
         params = inspect.signature(cls).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue
-        valid = [n for n in params if n not in INJECTED]
         args = spec.get("init_args") or {}
+        check_arg_names(key, spec.class_path, list(args), list(params))
         for arg in args:
-            if arg in INJECTED and arg in params:
-                raise UserError(f"{key}.init_args.{arg}: set by the run ({INJECTED[arg]}), not in init_args")
-            if arg not in valid:
-                raise UserError(
-                    f"{key}.init_args.{arg}: not an argument of {spec.class_path}{close_matches(arg, valid)}; "
-                    f"valid: {', '.join(valid)}"
-                )
             value = args[arg]
             value = OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
             hint = annotation_of(cls, params[arg])
@@ -114,6 +112,70 @@ def check_init_args(cfg: DictConfig) -> None:
                 braces = "; YAML reads {...} as a mapping: quote the text" if isinstance(value, dict) else ""
                 raise UserError(f"{key}.init_args.{arg}={value!r}: expected {_type_name(hint)} "
                                 f"(the argument's type in {spec.class_path}){braces}")
+
+
+def check_arg_names(key: str, class_path: str, args: list[str], params: list[str]) -> None:
+    """Every name of ``args`` is one of the constructor's ``params`` that a config sets (not one the run
+    injects)."""
+    valid = [n for n in params if n not in INJECTED]
+    for arg in args:
+        if arg in INJECTED and arg in params:
+            raise UserError(f"{key}.init_args.{arg}: set by the run ({INJECTED[arg]}), not in init_args")
+        if arg not in valid:
+            raise UserError(f"{key}.init_args.{arg}: not an argument of {class_path}{close_matches(arg, valid)}; "
+                            f"valid: {', '.join(valid) or 'none (it takes no arguments)'}")
+
+
+def source_parameters(class_path: str) -> tuple[str, ...] | None:
+    """The parameter names of a class's own ``__init__``, read from its module's source without importing it
+    (importing a method's module imports torch and open_clip: seconds). None where the source cannot say: no
+    source file, the class or its ``__init__`` not defined there, or ``**kwargs``."""
+    module, _, name = class_path.rpartition(".")
+    top, *rest = module.split(".")
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level spec: nothing is executed
+    except (ImportError, ValueError):
+        return None
+    if spec is None or (rest and not spec.submodule_search_locations):
+        return None
+    path = Path(spec.origin or "")
+    if rest:
+        path = Path(list(spec.submodule_search_locations)[0]).joinpath(*rest)
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _init_parameters(str(path), st.st_mtime_ns, st.st_size, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _init_parameters(path: str, mtime_ns: int, size: int, name: str) -> tuple[str, ...] | None:
+    """`source_parameters` of class ``name`` in the file ``path`` as it is at ``mtime_ns`` and ``size``."""
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    a = item.args
+                    if a.kwarg is not None:
+                        return None
+                    return tuple(x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs])[1:]  # without self
+            return None
+    return None
+
+
+def check_names_early(cfg: DictConfig) -> None:
+    """A misspelt ``init_args`` name, said from the class's source before its module is imported (the full
+    check, `check_init_args`, follows and covers what the source cannot say)."""
+    for key, spec in specs(cfg):
+        if key in SLOTS and not OmegaConf.is_missing(spec, "class_path"):
+            params = source_parameters(str(spec.class_path))
+            if params is not None:
+                check_arg_names(key, spec.class_path, list(spec.get("init_args") or {}), params)
 
 
 _NOT_CHECKED = object()
@@ -181,7 +243,16 @@ def instantiate(spec: DictConfig | dict, base: str | type | tuple[type, ...], wh
     params = inspect.signature(cls).parameters
     kwargs = {k: v for k, v in injected.items() if k in params}
     kwargs.update(spec.get("init_args") or {})
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as e:  # "depth=9: ..." names the argument: say the config key (method.context.init_args.depth)
+        named = _ARG_NAMED.match(str(e))
+        if named and named.group(1) in params and where.endswith("class_path") and where != "class_path":
+            raise UserError(f"{where.removesuffix('class_path')}init_args.{e}") from e
+        raise
+
+
+_ARG_NAMED = re.compile(r"([A-Za-z_]\w*)=")  # a message that begins with an argument's name and value
 
 
 def build_slot(cfg: DictConfig, key: str, **injected: Any) -> Any:

@@ -100,3 +100,37 @@ def check_ranges(cfg: DictConfig) -> None:
     for shots, epochs in (OmegaConf.select(cfg, "protocol.epochs", default=None) or {}).items():
         if type(epochs) is not int or epochs < 1:
             raise UserError(f"protocol.epochs.{shots}={epochs!r}: expected an integer >= 1")
+    check_averaging(cfg)
+
+
+def run_epochs(cfg: DictConfig) -> tuple[str, int] | None:
+    """The run's training epochs and the key they come from (``optim.max_epochs``, else the protocol's epochs
+    for its shots), or None when neither says."""
+    epochs = OmegaConf.select(cfg, "optim.max_epochs", default=None)
+    if type(epochs) is int:
+        return "optim.max_epochs", epochs
+    shots = OmegaConf.select(cfg, "protocol.shots", default=None)
+    by_shots = OmegaConf.select(cfg, "protocol.epochs", default=None) or {}
+    if shots in by_shots and type(by_shots[shots]) is int:
+        return f"protocol.epochs.{shots}", by_shots[shots]
+    return None
+
+
+def check_averaging(cfg: DictConfig) -> None:
+    """An averaging over epochs (PromptSRC's Gaussian prompt aggregation) must be centred on an epoch the run
+    trains: a mean beyond the last epoch (the paper's 15 of 20 epochs with ``optim.max_epochs=4``) would weight
+    epochs that never run, and silently keep only what the last one learned."""
+    args = OmegaConf.select(cfg, "method.averaging.init_args", default=None)
+    if not isinstance(args, DictConfig):
+        return
+    mean, std = args.get("mean"), args.get("std")
+    if std is not None and (type(std) not in _NUM or not std > 0):
+        raise UserError(f"method.averaging.init_args.std={std!r}: expected a number > 0")
+    epochs = run_epochs(cfg)
+    if mean is None or epochs is None:
+        return
+    key, n = epochs
+    if type(mean) not in _NUM or not 1 <= mean <= n:
+        raise UserError(f"method.averaging.init_args.mean={mean!r}: expected an epoch from 1 to {n} ({key}={n}): "
+                        "the average over epochs is centred on an epoch the run trains; scale the mean with the "
+                        "epochs")

@@ -1,7 +1,9 @@
 """Files written whole or not at all: a temporary file beside the target, flushed, then renamed over it.
 
 Every file this toolkit writes (result.json, config.yaml, few-shot and feature caches, split files) goes through
-here, so a crash never leaves half a file for a later reader.
+here, so a crash never leaves half a file for a later reader. The files get the permissions the process's umask
+gives a file it creates (``0o666 & ~umask``), as `open` would, not ``mkstemp``'s private 0600: a colleague with
+the same group can read a few-shot split written into a shared dataset folder.
 """
 
 from __future__ import annotations
@@ -16,6 +18,40 @@ from pathlib import Path
 from prompt_tuning.core.errors import UserError
 
 
+def umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only be read by setting it, which races
+    with other threads creating files): the ``Umask:`` line of ``/proc/self/status`` (Linux >= 4.7), else set and
+    restore it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The permissions of a file created now: ``0o666`` less the umask."""
+    return 0o666 & ~umask()
+
+
+def make_temporary(folder: Path, name: str) -> str:
+    """A new empty temporary file for ``folder/name`` (``.NAME.XXXX.tmp``), with the umask's permissions."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, file_mode())
+    except OSError:
+        os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+    return tmp
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (readers see the old file
@@ -23,8 +59,7 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+        tmp = make_temporary(path.parent, path.name)
     except OSError as e:
         raise UserError(f"cannot write to {path.parent}: {e.strerror}") from e
     try:

@@ -14,11 +14,11 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from prompt_tuning.core.errors import UserError
+from prompt_tuning.core.files import make_temporary
 
 LOCK_FILE = ".lock"
 log = logging.getLogger(__name__)
@@ -152,10 +152,11 @@ class FileLock:
     def _create(self) -> None:
         """Create the lock file whole or not at all: its content goes to a temporary file, which is then linked to
         the lock's name (atomic, and refused when the lock exists), so a kill or a full disk never leaves an empty
-        lock."""
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        lock. It is readable as the umask allows (a colleague's sweep must see who holds a run, not a stale
+        lock)."""
+        tmp = make_temporary(self.path.parent, self.path.name)
         try:
-            with os.fdopen(fd, "w") as f:
+            with open(tmp, "w") as f:
                 json.dump({**self.owner, "since": time.time()}, f)
                 f.flush()
                 os.fsync(f.fileno())

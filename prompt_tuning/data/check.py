@@ -35,6 +35,18 @@ class Report:
         return "\n".join(lines)
 
 
+def count_classes(spec) -> int | None:
+    """The class count of the dataset of ``spec``, read from its split file or folders (images are not opened);
+    None when it cannot be read."""
+    try:
+        dataset = instantiate(spec, Dataset, "dataset.class_path")
+        load = dataset.load
+        splits = load(verify=False) if "verify" in inspect.signature(load).parameters else load()
+        return len(classnames_of([it for items in splits.values() for it in items], "dataset"))
+    except UserError:
+        return None
+
+
 def check_dataset(spec, expected_classes: int | None = None, decode: bool = True, progress: bool = True) -> Report:
     """Load the dataset of ``spec`` (a ``{class_path, init_args}`` config) without stopping at the first
     problem, and report counts, missing and unreadable images, label/name clashes and the class count."""
@@ -47,6 +59,8 @@ def check_dataset(spec, expected_classes: int | None = None, decode: bool = True
         report.problems.append(str(e))
         return report
     all_items = [it for items in splits.values() for it in items]
+    if getattr(dataset, "val_from_train", False):
+        report.warnings.append("no val/ folder: the validation images are training images (not held out)")
     for split, items in splits.items():
         report.counts[split] = (len(items), len({it.label for it in items}))
     try:

@@ -6,18 +6,21 @@ Two generic layouts are read here:
   "val": [...], "test": [...]}``, paths relative to an image directory), the format of the split files that
   the CoOp/CoCoOp code and most prompt-learning papers use;
 * an image folder ``root/{train,val,test}/<class name>/<image>`` (class names from folder names, underscores
-  read as spaces, labels in sorted folder order; ``val`` may be missing, then val = train).
+  read as spaces, labels in sorted folder order; ``val`` may be missing: then validation draws from the training
+  images, which a warning says, as ``datasets check`` does).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import NamedTuple
 
 from prompt_tuning.core.errors import UserError
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -129,10 +132,19 @@ class ImageFolder(Dataset):
         self.template = template
         self.name = name or self.root.name
 
+    @property
+    def val_from_train(self) -> bool:
+        """No ``val/`` folder: the validation images are drawn from the training images."""
+        return not (self.root / "val").is_dir()
+
     def load(self) -> dict[str, list[Item]]:
         for split in ("train", "test"):
             if not (self.root / split).is_dir():
                 raise UserError(f"image folder dataset {self.root} has no '{split}/' folder of class folders")
+        if self.val_from_train:
+            log.warning("image folder dataset %s has no val/ folder: its validation images are training images "
+                        "(the validation accuracy is not held out); add val/<class>/ folders for a held-out one",
+                        self.root)
         classes = sorted(p.name for p in (self.root / "train").iterdir() if p.is_dir())
         if not classes:
             raise UserError(f"{self.root / 'train'} holds no class folders")
@@ -177,6 +189,10 @@ class Folder(Dataset):
         self.template = template
         self.name = self._impl.name
         self.root, self.image_dir, self.fewshot_dir = self._impl.root, self._impl.image_dir, self._impl.fewshot_dir
+
+    @property
+    def val_from_train(self) -> bool:
+        return bool(getattr(self._impl, "val_from_train", False))
 
     def load(self) -> dict[str, list[Item]]:
         return self._impl.load()

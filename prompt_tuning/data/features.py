@@ -189,7 +189,7 @@ def encode_items(clip: FrozenCLIP, items: list[Item], transform: Callable, batch
     loader = DataLoader(ViewDataset(items, transform, [seed]), batch_size=batch_size, shuffle=False, num_workers=0)
     out = []
     with torch.random.fork_rng(devices=[]):
-        for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
+        for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):  # its last state stays: 100%
             out.append(clip.encode_images(batch["image"], normalize=False).cpu())
     return torch.cat(out) if out else torch.empty(0, clip.embed_dim)
 

@@ -114,8 +114,11 @@ def _per_class_split(items: list, fractions: tuple[float, ...], seed: int) -> li
     return parts
 
 
-def prepare(name: str, root: str | Path, seed: int = 1, download: bool = True, log=print) -> Path | None:
-    """Download ``name`` under ``root`` and write its split file; returns the split file (None: manual steps)."""
+def prepare(name: str, root: str | Path, seed: int | None = None, download: bool = True, log=print) -> Path | None:
+    """Download ``name`` under ``root`` and write its split file; returns the split file (None: manual steps).
+
+    ``seed`` draws the per-class train/val/test split (None: 1); for the generated ``shapes`` it draws the images
+    themselves (None: 0, the images of the demo and of ``experiments/demo.yaml``)."""
     root = Path(root).expanduser()
     if root.exists() and not root.is_dir():
         raise UserError(f"--root {root} is a file: give the folder that holds (or will hold) the datasets")
@@ -128,8 +131,9 @@ def prepare(name: str, root: str | Path, seed: int = 1, download: bool = True, l
     if name == "shapes":  # the generated demo dataset
         from prompt_tuning.data.synthetic import make_shapes
 
-        make_shapes(root / "shapes", seed=0)
-        log(f"wrote the shapes dataset to {root / 'shapes'}")
+        seed = 0 if seed is None else seed
+        make_shapes(root / "shapes", seed=seed)
+        log(f"wrote the shapes dataset to {root / 'shapes'} (seed {seed})")
         return root / "shapes" / "split_shapes.json"
     if name in MANUAL:
         log(MANUAL[name].format(root=root))
@@ -152,6 +156,7 @@ def prepare(name: str, root: str | Path, seed: int = 1, download: bool = True, l
             parts[part] = [(p, y, classes[y]) for p, y in pairs]
     except (RuntimeError, OSError) as e:
         raise UserError(f"torchvision could not fetch {src.title}: {e}") from e
+    seed = 1 if seed is None else seed
     if "all" in parts:
         train, val, test = _per_class_split(parts["all"], (0.5, 0.2, 0.3), seed)
     elif "trainval" in parts:

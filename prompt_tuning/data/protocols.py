@@ -58,6 +58,29 @@ def few_shot(items: Sequence[Item], shots: int, rng: random.Random, warn: bool =
     return out
 
 
+def short_classes(items: Sequence[Item], shots: int) -> dict[str, int]:
+    """The classes of ``items`` with fewer than ``shots`` images: name -> count (none when ``shots < 1``)."""
+    if shots < 1:
+        return {}
+    counts = {g[0].classname: len(g) for g in group_by_label(items).values()}
+    return {name: n for name, n in counts.items() if n < shots}
+
+
+def check_shots(items: Sequence[Item], shots: int, dataset: str) -> None:
+    """Refuse ``shots`` that no class of the training split can give: ``protocol.shots=100`` on 16 images per
+    class would train on all of them while the run says 100. (Some classes short of ``shots`` keep all they
+    have, as in the reference sampler, with a warning.)"""
+    if shots < 1 or not items:
+        return
+    counts = {g[0].classname: len(g) for g in group_by_label(items).values()}
+    most = max(counts.values())
+    if most < shots:
+        fewest = min(counts, key=counts.get)
+        raise UserError(f"protocol.shots={shots}: no class of dataset {dataset} has {shots} training images (the "
+                        f"most: {most}, the fewest: {counts[fewest]}, class {fewest!r}); choose protocol.shots <= "
+                        f"{most}, or -1 for all")
+
+
 def few_shot_splits(train: Sequence[Item], val: Sequence[Item], shots: int, seed: int) -> tuple[list, list]:
     """The reference few-shot draw: K per class from train, then ``min(K, 4)`` per class from val.
 

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 from prompt_tuning.core.errors import UserError
+from prompt_tuning.reporting.formats import FORMATS, csv_text, latex, markdown
+from prompt_tuning.reporting.names import TRAINS_NOTHING
 from prompt_tuning.runs.folder import RunFolder, read_record
 from prompt_tuning.runs.metrics import harmonic_mean
 
@@ -63,7 +65,9 @@ def aggregate(results: list[dict], expected: dict | None = None) -> dict:
     level ``hm`` is the harmonic mean of the seed-averaged (then dataset-averaged) base and novel accuracies, as
     the papers compute it; its std is that of the per-seed HMs. The average row takes the mean of the
     per-dataset means, only where every dataset has the metric. ``expected`` (``{(method, shots): [datasets]}``)
-    adds the missing ones as empty entries, so they show as missing, never as zero.
+    adds the missing ones as empty entries, so they show as missing, never as zero; without it, an average needs
+    every dataset of any result (a method run on one of two datasets has no average). Methods that train nothing
+    (`TRAINS_NOTHING`, or runs that say so) get one entry without shots even before they ran.
     """
     groups: dict = {}
     seen = set()
@@ -79,20 +83,22 @@ def aggregate(results: list[dict], expected: dict | None = None) -> dict:
         for metric, value in r["metrics"].items():
             if metric in MAIN_METRICS or metric.endswith("/acc"):
                 per_dataset.setdefault(metric, []).append(value)
-    shotless = {m for m, k in groups if k is None}
+    shotless = {m for m, k in groups if k is None} | set(TRAINS_NOTHING)
     for (method, shots), datasets in (expected or {}).items():
         key = (method, None) if method in shotless else (method, shots)
         for d in datasets:
             groups.setdefault(key, {}).setdefault(d, {})
+    every = {d for datasets in groups.values() for d in datasets}
     table = {}
     for key, datasets in groups.items():
         rows = {d: _summary(metrics) for d, metrics in datasets.items()}
+        reference = list(rows) if expected else sorted(every)
         metrics = sorted({m for row in rows.values() for m in row})
-        complete = [m for m in metrics if all(m in row for row in rows.values())]
-        avg = {m: (sum(row[m][0] for row in rows.values()) / len(rows), 0.0, 0) for m in complete}
+        complete = [m for m in metrics if all(m in rows.get(d, {}) for d in reference)]
+        avg = {m: (sum(rows[d][m][0] for d in reference) / len(reference), 0.0, 0) for m in complete}
         if "base_acc" in avg and "novel_acc" in avg:
             avg["hm"] = (harmonic_mean(avg["base_acc"][0], avg["novel_acc"][0]), 0.0, 0)
-        if len(rows) > 1:
+        if len(reference) > 1:
             rows[AVERAGE] = avg
         table[key] = rows
     return table
@@ -111,8 +117,8 @@ def _summary(metrics: dict[str, list[float]]) -> dict[str, tuple[float, float, i
     return row
 
 
-def _published(published: dict | None, method: str, dataset: str, metric: str,
-               shots: int | None = None) -> float | None:
+def published_value(published: dict | None, method: str, dataset: str, metric: str,
+                    shots: int | None = None) -> float | None:
     """A published number: ``values[method][dataset][metric]``, either one number or a mapping from shots to
     numbers (few-shot tables: ``acc: {1: 61.3, 2: 62.7, ...}``)."""
     values = (published or {}).get("values", {})
@@ -147,7 +153,7 @@ def format_table(table: dict, fmt: str = "md", published: dict | None = None, se
     columns per metric: mean, std, n, published, diff (empty where there is nothing). Metrics that only the
     published numbers have still get columns, so an experiment without finished runs shows what it expects.
     """
-    if fmt not in ("md", "csv", "latex"):
+    if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: choose md, csv or latex")
     metrics = {m for rows in table.values() for row in rows.values() for m in row}
     for (method, _), rows in table.items():
@@ -169,7 +175,7 @@ def format_table(table: dict, fmt: str = "md", published: dict | None = None, se
             cells = [method, "-" if shots is None else str(shots), dataset]
             for m in metrics:
                 value = row.get(m)
-                pub = _published(published, method, dataset, m, shots) if published else None
+                pub = published_value(published, method, dataset, m, shots) if published else None
                 diff = f"{value[0] - pub:+.2f}" if value is not None and pub is not None else ""
                 if fmt == "csv":
                     cells += ([f"{value[0]:.4f}", f"{value[1]:.4f}" if value[2] > 1 else "", str(value[2])]
@@ -181,18 +187,16 @@ def format_table(table: dict, fmt: str = "md", published: dict | None = None, se
                     cells += ["not published" if pub is None else f"{pub:.2f}", diff]
             lines.append(cells)
     if fmt == "csv":
-        import csv
-        import io
-
-        buf = io.StringIO()
-        csv.writer(buf).writerows([header, *lines])
-        return buf.getvalue()
+        return csv_text(header, lines)
+    notes = [long_note(seeds)]
     if fmt == "latex":
-        esc = [[c.replace("±", r"$\pm$").replace("_", r"\_") for c in row] for row in [header, *lines]]
-        body = [" & ".join(row) + r" \\" for row in esc]
-        return "\n".join([r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", body[0], r"\midrule",
-                          *body[1:], r"\bottomrule", r"\end{tabular}"])
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(row) + " |" for row in lines]
+        return latex(header, lines, "".join("l" if h in ("method", "dataset") else "r" for h in header), notes)
     source = (published or {}).get("source")
-    return "\n".join(out) + (f"\n\nPublished numbers: {source}" if source else "")
+    return markdown(header, lines, notes=notes + ([f"Published numbers: {source}"] if source else []))
+
+
+def long_note(seeds: int | None) -> str:
+    """What the cells of the long layout say."""
+    fewer = f"; n=1/{seeds}: fewer seeds than the {seeds} asked (no std)" if seeds else ""
+    return ("Cells: mean ± std over seeds, (n): the number of seeds" + fewer + "; average: the mean over the "
+            "datasets of their seed means; missing: a run the experiment expects, without a result.")

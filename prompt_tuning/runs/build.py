@@ -23,7 +23,7 @@ from prompt_tuning.data.datamodule import ImageDataset, PromptDataModule, ViewDa
 from prompt_tuning.data.datasets import Item, classnames_of
 from prompt_tuning.data.features import FeatureCache, FeatureDataset, encode_items, view_seed_of
 from prompt_tuning.data.fewshot_cache import cached_few_shot
-from prompt_tuning.data.protocols import subsample_classes
+from prompt_tuning.data.protocols import check_shots, short_classes, subsample_classes
 from prompt_tuning.data.transforms import eval_transform, train_transform
 from prompt_tuning.methods.base import FrozenFeatures, Method, Task, check_template
 from prompt_tuning.runs.inputs import batch_keys
@@ -42,12 +42,14 @@ class Setup:
     eval_dataset: Callable[[list[Item]], Dataset]  # items -> dataset of images or cached features
     seed: int = 0
     fit_data: FrozenFeatures | None = None  # frozen training/validation features for methods that fit on them
+    short_classes: dict[str, int] | None = None  # classes trained on fewer than protocol.shots images: name -> count
 
 
 def build(cfg: DictConfig) -> Setup:
     """Build the model, data and module of a run (seeded, so the same config builds the same run)."""
     dataset = build_slot(cfg, "dataset")  # data first: a missing folder is reported before any download
     splits = dataset.load()
+    check_shots(splits["train"], cfg.protocol.shots, cfg.dataset.name)
     check_template(dataset.template, f"dataset {cfg.dataset.name}'s template")
     names = classnames_of(splits["train"] + splits["val"] + splits["test"], f"dataset {dataset.name}")
     others = {}
@@ -58,6 +60,7 @@ def build(cfg: DictConfig) -> Setup:
 
     train, val = cached_few_shot(dataset, splits["train"], splits["val"], cfg.protocol.shots, cfg.seed)
     train, val = subsample_classes(train, val, subsample=cfg.protocol.subsample)
+    short = short_classes(train, cfg.protocol.shots)
     train_task = Task(subset_names(names, cfg.protocol.subsample), dataset.template)
     eval_sets = {}
     for subset in cfg.protocol.eval_subsets:
@@ -89,7 +92,7 @@ def build(cfg: DictConfig) -> Setup:
         seed=cfg.seed,
         drop_last=cfg.data.drop_last,
     )
-    return Setup(clip, module, datamodule, train_task, eval_sets, eval_dataset, cfg.seed, fit_data)
+    return Setup(clip, module, datamodule, train_task, eval_sets, eval_dataset, cfg.seed, fit_data, short)
 
 
 def build_clip(cfg: DictConfig) -> FrozenCLIP:

@@ -6,6 +6,7 @@
     <run>/error.json           the one-line error of a failed last attempt (removed once the run finishes)
     <run>/checkpoints/last.ckpt   the learned tensors after the last finished epoch (atomic, in the folder)
     <run>/logs/, tensorboard/, wandb/   trackers
+    <run>/eval/<checkpoint>[-<tag>].json   what `prompt-tuning eval` measured (atomic; <tag>: its overrides)
     <run>/.lock                the live process that holds the run
 
 Every file is written as a temporary file in the same folder, then renamed (`prompt_tuning.core.files`), so a
@@ -15,9 +16,11 @@ one is complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -33,6 +36,7 @@ from prompt_tuning.core.files import remove_stale_temporaries, write_atomic, wri
 from prompt_tuning.core.locks import FileLock, slurm_job
 
 State = Literal["done", "running", "changed", "failed", "todo"]
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+]+")
 
 
 class RunFolder:
@@ -48,7 +52,8 @@ class RunFolder:
     CHECKPOINTS = "checkpoints"
     LAST = "last.ckpt"
     TRACKERS = {"csv": "logs", "tensorboard": "tensorboard"}  # trackers' folders (W&B writes wandb/ itself)
-    OWN = {CONFIG, RESULT, ERROR, CHECKPOINTS, *TRACKERS.values(), "wandb", ".lock"}  # what a run folder may hold
+    EVALS = "eval"  # the results of `prompt-tuning eval` on the run's checkpoints
+    OWN = {CONFIG, RESULT, ERROR, CHECKPOINTS, EVALS, *TRACKERS.values(), "wandb", ".lock"}  # what a run folder holds
     HASH_LINE = "# run hash: "
 
     def __init__(self, path: str | os.PathLike):
@@ -67,6 +72,24 @@ class RunFolder:
     @property
     def last_checkpoint(self) -> Path:
         return self.path / self.CHECKPOINTS / self.LAST
+
+    def eval_file(self, checkpoint: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+        """Where `prompt-tuning eval` keeps what it measured: ``eval/<checkpoint stem>[-<tag>].json``, the tag
+        naming the overrides that may change the numbers (``dataset=imagenetv2 seed=2`` ->
+        ``last-dataset_imagenetv2-seed_2``; ``runtime.*`` and the data and weights folders stay out; a path enters
+        as its name and a digest; a tag over 60 characters is cut and ends in a digest of all the overrides)."""
+        parts = []
+        for arg in overrides:
+            key, _, value = arg.partition("=")
+            if key.split(".")[0] in NOT_HASHED or key in ("data.root", "model.cache_dir"):
+                continue
+            name = Path(value).name if "/" in value else value
+            part = f"{key.rpartition('.')[2]}_{_UNSAFE.sub('_', name).strip('_')}"
+            parts.append(part + (f".{hashlib.sha256(value.encode()).hexdigest()[:6]}" if "/" in value else ""))
+        tag = "-".join(parts)
+        if len(tag) > 60:
+            tag = tag[:53].rstrip("-") + "-" + hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:6]
+        return self.path / self.EVALS / f"{Path(checkpoint).stem}{'-' + tag if tag else ''}.json"
 
     # ------------------------------------------------------------------------------------------- reading
     def saved_hash(self) -> str | None:
@@ -139,11 +162,14 @@ class RunFolder:
             )
 
     def resume_point(self, config_hash: str, resume: bool) -> Path | None:
-        """The checkpoint a run continues from: ``last.ckpt`` when ``resume`` is asked and it exists; a checkpoint
-        written by another configuration is refused."""
+        """The checkpoint a run continues from: ``last.ckpt`` when ``resume`` is asked. A missing one is refused
+        (starting from scratch would not be what was asked), and so is one written by another configuration."""
         last = self.last_checkpoint
-        if not (resume and last.is_file()):
+        if not resume:
             return None
+        if not last.is_file():
+            raise UserError(f"resume=true: there is no checkpoint {last} to resume from; drop resume=true to start "
+                            "the run, or check output_dir")
         saved = self.saved_hash()
         if saved != config_hash:
             raise UserError(f"cannot resume from {last}: it was written by another configuration "

@@ -32,6 +32,13 @@ from prompt_tuning.runs.schedules import Schedule, WarmupCosine
 Optimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
+class PercentAccuracy(MulticlassAccuracy):
+    """Accuracy in percent, the unit of ``result.json`` and the papers: the logs say ``test/acc 81.2`` too."""
+
+    def compute(self) -> torch.Tensor:
+        return 100.0 * super().compute()
+
+
 class NonFiniteLoss(UserError):
     """The training loss is not finite: the run stops (no result is written)."""
 
@@ -108,8 +115,8 @@ class PromptTuner(pl.LightningModule):
         self.method.set_task(self.clip, task)
         self.objective.set_task(self.clip, task)
         n = len(task.classnames)
-        self.acc = MulticlassAccuracy(num_classes=n, average="micro").to(self.clip.device)
-        self.macro_acc = MulticlassAccuracy(num_classes=n, average="macro").to(self.clip.device)
+        self.acc = PercentAccuracy(num_classes=n, average="micro").to(self.clip.device)
+        self.macro_acc = PercentAccuracy(num_classes=n, average="macro").to(self.clip.device)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The method's learned parameters (the only ones optimised)."""
@@ -217,7 +224,7 @@ class PromptTuner(pl.LightningModule):
             self.gradient_rule(scaled, self.trainable_parameters(), average=self.average_gradients)
             optimizer.step()
         n = len(labels)
-        acc = (self.predict_proba(outputs.logits).argmax(-1) == labels).float().mean()
+        acc = 100.0 * (self.predict_proba(outputs.logits).argmax(-1) == labels).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/acc", acc, prog_bar=True, batch_size=n)
         if len(terms) > 1:

@@ -10,6 +10,7 @@ and ends with the numbers of an uninterrupted run.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +45,15 @@ def versions() -> dict[str, str]:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Training was stopped by Ctrl-C during epoch ``epoch`` (1-based) of ``max_epochs``; the run folder holds
-    the last finished epoch's checkpoint, so ``resume=true`` continues it."""
+    """Training was stopped during epoch ``epoch`` (1-based) of ``max_epochs`` by ``signal``: ``SIGINT`` (Ctrl-C),
+    ``SIGTERM`` (as SLURM sends it to a task it cancels, preempts or times out) or ``exit`` (a signal handler's
+    exit). The run folder holds the last finished epoch's checkpoint, so ``resume=true`` continues it."""
 
-    def __init__(self, epoch: int, max_epochs: int):
+    def __init__(self, epoch: int, max_epochs: int, signal: str = "SIGINT"):
         super().__init__(f"interrupted at epoch {epoch}/{max_epochs}")
         self.epoch = epoch
         self.max_epochs = max_epochs
+        self.signal = signal
 
 
 def train(cfg: DictConfig, sources: dict[str, str] | None = None) -> dict:
@@ -107,6 +110,7 @@ class Run:
         resumes, then claim the folder for this configuration."""
         quiet_lightning()
         check_loggers(self.cfg)  # a logger that cannot be made is an error before anything is written
+        make_trainer(self.cfg, None, 1)  # so is a trainer setting Lightning refuses (no GPU, fp16): before the build
         setup = build(self.cfg)
         fit_frozen(setup)
         if setup.module.learns and setup.datamodule.train_set is None:
@@ -118,7 +122,11 @@ class Run:
         resume = None
         if path is not None:  # tensors only, or a one-line refusal (Lightning then loads it the same way)
             resume = Resume(path, int(load_checkpoint(path).get("epoch", -1)) + 1)
-        trainer = make_trainer(self.cfg, self.folder, setup.module.max_epochs)  # a bad trainer setting fails here
+        trainer = make_trainer(self.cfg, self.folder, setup.module.max_epochs,  # a bad trainer setting fails here
+                               resume.epoch if resume else None)
+        if resume is not None and self.writes:
+            print(f"resuming {self.folder.path} from epoch {resume.epoch + 1}/{setup.module.max_epochs} "
+                  f"({resume.checkpoint.name}: {resume.epoch} epochs done)", file=sys.stderr)
         if self.writes:
             self.folder.claim(self.config_hash, annotated_yaml(self.cfg, self.sources), resuming=resume is not None)
         for logger in trainer.loggers:
@@ -135,12 +143,15 @@ class Run:
             except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into a graceful exit(1)
                 if isinstance(e, SystemExit) and not trainer.interrupted:
                     raise
-                raise Interrupted(trainer.current_epoch + 1, setup.module.max_epochs) from None
+                ctrl_c = isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt)
+                # exit: sys.exit in a signal handler (submitit's, when it requeues a preempted task)
+                signal = "SIGTERM" if trainer.received_sigterm else "SIGINT" if ctrl_c else "exit"
+                raise Interrupted(trainer.current_epoch + 1, setup.module.max_epochs, signal) from None
         select_frozen(setup)
 
     def evaluate(self, setup: Setup, trainer: pl.Trainer) -> dict[str, float]:
         metrics = evaluate(setup, trainer)
-        close_loggers(trainer.loggers)
+        close_loggers(trainer.loggers, hyperparameters(self.cfg, self.config_hash), metrics)
         return metrics
 
     def write(self, setup: Setup, metrics: dict[str, float], wall: float, resume: Resume | None) -> dict:
@@ -156,6 +167,8 @@ class Run:
             "tags": OmegaConf.to_container(without_environment(cfg).tags),  # names of variables, not their values
             "trainable": setup.module.learns,  # false: zero-shot, the shots do not apply
             "epochs": setup.module.max_epochs if setup.module.trainable else 0,
+            # classes with fewer training images than the shots asked: they trained on all they have (name -> count)
+            **({"short_classes": setup.short_classes} if setup.short_classes and setup.module.learns else {}),
             "metrics": metrics,
             "wall_time_s": round(wall, 2),
             **({"resumed_at_epoch": resume.epoch} if resume is not None else {}),  # epochs done before
@@ -190,8 +203,8 @@ def evaluate(setup: Setup, trainer: pl.Trainer) -> dict[str, float]:
         setup.datamodule.test_set = setup.eval_dataset(items)
         out = trainer.test(setup.module, datamodule=setup.datamodule, verbose=False)[0]
         prefix = "" if name == "all" else name if name.endswith("/") else f"{name}_"
-        metrics[f"{prefix}acc"] = 100.0 * float(out["test/acc"])
-        metrics[f"{prefix}macro_acc"] = 100.0 * float(out["test/macro_acc"])
+        metrics[f"{prefix}acc"] = float(out["test/acc"])  # in percent, as logged
+        metrics[f"{prefix}macro_acc"] = float(out["test/macro_acc"])
     if "base_acc" in metrics and "novel_acc" in metrics:
         metrics["hm"] = harmonic_mean(metrics["base_acc"], metrics["novel_acc"])
     setup.module.set_task(setup.train_task)
@@ -216,6 +229,7 @@ def load_method_state(module: PromptTuner, checkpoint: str | Path) -> None:
 def evaluate_checkpoint(cfg: DictConfig, checkpoint: str | Path) -> dict[str, float]:
     """Rebuild the run of ``cfg``, load ``checkpoint``'s learned tensors and test them."""
     quiet_lightning()
+    make_trainer(cfg, None, 1)  # a trainer setting Lightning refuses is said before the build
     setup = build(cfg)
     fit_frozen(setup)  # deterministic: a fitted head is fitted again, then its trained tensors are loaded
     if setup.module.trainable:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -37,31 +38,49 @@ def check_loggers(cfg: DictConfig) -> list[str]:
     return names
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    """Lightning loggers for ``runtime.loggers``, writing under ``run_dir``."""
+def make_loggers(cfg: DictConfig, run_dir: Path, resumed_at: int | None = None, announce: bool = True) -> list:
+    """Lightning loggers for ``runtime.loggers``, writing under ``run_dir``; a run resumed at epoch ``resumed_at``
+    (0-based) keeps the CSV rows of the epochs before it. ``announce``: say where an offline W&B run goes."""
     import pytorch_lightning as pl
+
+    from prompt_tuning.runs.csv_log import ResumedCSVLogger
 
     loggers = []
     for name in check_loggers(cfg):
         if name == "csv":
-            loggers.append(pl.loggers.CSVLogger(run_dir, name=RunFolder.TRACKERS["csv"], version=""))
+            loggers.append(ResumedCSVLogger(run_dir, name=RunFolder.TRACKERS["csv"], version="",
+                                            keep_before_epoch=resumed_at))
         elif name == "tensorboard":
             loggers.append(pl.loggers.TensorBoardLogger(run_dir, name=RunFolder.TRACKERS["tensorboard"], version="",
                                                         default_hp_metric=False))
         else:
+            import wandb
+
             offline = os.environ.get("WANDB_MODE", "offline") != "online"
-            loggers.append(pl.loggers.WandbLogger(
+            in_sweep = cfg.runtime.experiment is not None  # a sweep's console is the sweep's: W&B keeps quiet
+            logger = pl.loggers.WandbLogger(
                 project=str(cfg.runtime.wandb_project), group=cfg.runtime.experiment or None,
                 name=f"{cfg.dataset.name}/{cfg.method.name}/shots_{cfg.protocol.shots}/seed_{cfg.seed}",
                 save_dir=str(run_dir), offline=offline, tags=[str(cfg.method.name), str(cfg.dataset.name)],
-            ))
+                settings=wandb.Settings(silent=in_sweep or os.environ.get("WANDB_SILENT") == "true"),
+            )
+            init = getattr(logger, "_wandb_init", {})  # Lightning always passes anonymous=None, which W&B >= 0.19
+            if init.get("anonymous", 0) is None:      # answers with a warning on every run, silent or not
+                init.pop("anonymous")
+            loggers.append(logger)
+            if offline and announce:
+                print(f"W&B: offline run under {run_dir / 'wandb'} (upload it with `wandb sync "
+                      f"{run_dir / 'wandb'}/offline-run-*`)", file=sys.stderr)
     return loggers
 
 
-def close_loggers(loggers: list) -> None:
+def close_loggers(loggers: list, hparams: dict | None = None, metrics: dict | None = None) -> None:
     """Flush and close what Lightning leaves open at the end of a run (a W&B run is finished, so its summary,
-    config and history are written now rather than at interpreter exit)."""
+    config and history are written now rather than at interpreter exit). TensorBoard receives ``hparams`` with the
+    run's final ``metrics`` (``hparams/acc``, in percent), so its HParams tab lists the run with its result."""
     for logger in loggers:
+        if hparams is not None and metrics and type(logger).__name__ == "TensorBoardLogger":
+            logger.log_hyperparams(hparams, metrics={f"hparams/{k}": float(v) for k, v in metrics.items()})
         logger.finalize("success")
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()

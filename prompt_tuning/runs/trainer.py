@@ -59,11 +59,13 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def make_trainer(cfg: DictConfig, folder: RunFolder | None, max_epochs: int) -> pl.Trainer:
-    """The trainer of a run writing into ``folder`` (None: nothing is written, as for `evaluate_checkpoint`); a
-    trainer setting Lightning refuses is one line naming the keys."""
+def make_trainer(cfg: DictConfig, folder: RunFolder | None, max_epochs: int, resumed_at: int | None = None,
+                 ) -> pl.Trainer:
+    """The trainer of a run writing into ``folder`` (None: nothing is written, as for `evaluate_checkpoint`),
+    resumed at epoch ``resumed_at`` (its logs keep the epochs before); a trainer setting Lightning refuses is one
+    line naming the keys."""
     try:
-        return _trainer(cfg, folder, max_epochs)
+        return _trainer(cfg, folder, max_epochs, resumed_at)
     except (ValueError, TypeError, ImportError, MisconfigurationException) as e:
         t = cfg.trainer
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -71,7 +73,7 @@ def make_trainer(cfg: DictConfig, folder: RunFolder | None, max_epochs: int) -> 
                         f"{t.strategy!r}, trainer.devices={t.devices!r}: Lightning refuses them: {first}") from e
 
 
-def _trainer(cfg: DictConfig, folder: RunFolder | None, max_epochs: int) -> pl.Trainer:
+def _trainer(cfg: DictConfig, folder: RunFolder | None, max_epochs: int, resumed_at: int | None) -> pl.Trainer:
     callbacks: list = [EpochSeed(cfg.seed)]
     if folder is not None:
         last = folder.last_checkpoint
@@ -88,7 +90,7 @@ def _trainer(cfg: DictConfig, folder: RunFolder | None, max_epochs: int) -> pl.T
         precision=resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator)),
         plugins=[AtomicCheckpointIO()],
         deterministic=True,
-        logger=make_loggers(cfg, folder.path) if folder is not None else False,
+        logger=make_loggers(cfg, folder.path, resumed_at, announce=rank() == 0) if folder is not None else False,
         callbacks=callbacks,
         enable_checkpointing=folder is not None,
         enable_progress_bar=bool(cfg.runtime.progress),

@@ -24,7 +24,7 @@ KEYS = {"train_step_ratio_exact", "train_step_ratio_cached", "eval_ratio_warm", 
 
 
 def test_bench_reports_every_figure_and_same_logits():
-    r = run(classes=6, model=str(TINY_ARCH), repeats=1, batch=8, test_per_class=2, eval_batch=4, log=lambda m: None,
+    r = run(classes=6, model=str(TINY_ARCH), repeats=1, batch=8, test_images=12, eval_batch=4, log=lambda m: None,
             cocoop_classes=3)
     assert set(r) >= KEYS
     assert r["logits_max_rel_diff"] <= 1e-5  # the shared-prefix pass: the same logits within float rounding
@@ -53,7 +53,7 @@ TARGET_FIGURES = [
 
 
 def test_bench_report_says_met_exactly_for_the_targets_its_figures_reach():
-    r = run(classes=3, model=str(TINY_ARCH), repeats=1, batch=4, test_per_class=1, eval_batch=4, log=lambda m: None,
+    r = run(classes=3, model=str(TINY_ARCH), repeats=1, batch=4, test_images=4, eval_batch=2, log=lambda m: None,
             cocoop_classes=2)
     for changes, expected in TARGET_FIGURES:
         figures = {**r, **changes}
@@ -90,7 +90,7 @@ def test_bench_reference_path_runs_on_a_custom_text_clip(tmp_path):
     arch = {**json.loads(TINY_ARCH.read_text()), "custom_text": True}
     path = tmp_path / "tiny_custom_text.json"
     path.write_text(json.dumps(arch))
-    r = run(classes=4, model=str(path), repeats=1, batch=4, test_per_class=1, eval_batch=4, log=lambda m: None,
+    r = run(classes=4, model=str(path), repeats=1, batch=4, test_images=4, eval_batch=2, log=lambda m: None,
             cocoop_classes=2)
     assert r["logits_max_rel_diff"] <= 1e-5
     from prompt_tuning.apps.bench import run_multimodal
@@ -123,7 +123,7 @@ def test_paths_take_turns_after_a_warm_up_and_each_round_gives_a_paired_ratio():
 
 
 def test_bench_prints_each_ratio_with_its_spread():
-    r = run(classes=3, model=str(TINY_ARCH), repeats=2, batch=4, test_per_class=1, eval_batch=4, log=lambda m: None,
+    r = run(classes=3, model=str(TINY_ARCH), repeats=2, batch=4, test_images=4, eval_batch=2, log=lambda m: None,
             cocoop_classes=2)
     for key in ("train_step_ratio_exact", "train_step_ratio_cached", "text_step_ratio", "eval_ratio_cold",
                 "eval_ratio_warm", "cocoop_step_ratio", "cocoop_step_ratio_b32"):

@@ -34,8 +34,45 @@ def test_train_writes_result_config_and_checkpoint_then_eval_reproduces(shapes_d
 
     capsys.readouterr()
     assert main(["eval", str(out), "runtime.progress=false"]) == 0
-    again = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    again = json.loads(printed.out)  # stdout: the metrics alone
     assert math.isclose(again["acc"], result["metrics"]["acc"], abs_tol=1e-9)
+    # ... and a record of what was measured, in the run folder
+    record = json.loads((out / "eval" / "last.json").read_text())
+    assert f"wrote {out / 'eval' / 'last.json'}" in printed.err
+    assert record["metrics"] == again and record["checkpoint"] == str(out / "checkpoints" / "last.ckpt")
+    assert record["trained_config_hash"] == result["config_hash"] and record["versions"]["torch"]
+    assert record["overrides"] == ["runtime.progress=false"] and not list((out / "eval").glob(".*.tmp"))
+
+
+def test_eval_keeps_a_result_per_checkpoint_and_overrides_and_its_progress_ends(shapes_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_train_args(shapes_dir, out, "optim.max_epochs=1")) == 0
+    assert main(["eval", str(out), "seed=2", f"runtime.cache_dir={tmp_path / 'cache'}", "runtime.progress=true"]) == 0
+    err = capsys.readouterr().err
+    bar = [state for state in err.replace("\r", "\n").splitlines() if state.startswith("image features")]
+    assert bar and "100%" in bar[-1], bar  # the bar's last state is its end, left on screen
+    assert json.loads((out / "eval" / "last-seed_2.json").read_text())["overrides"][0] == "seed=2"
+    elsewhere = tmp_path / "kept" / "eval.json"
+    assert main(["eval", str(out), "runtime.progress=false", "--out", str(elsewhere)]) == 0
+    assert json.loads(elsewhere.read_text())["metrics"] == json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["last-seed_2.json"]
+    assert main(["train", *_train_args(shapes_dir, out, "optim.max_epochs=1")[1:], "overwrite=true"]) == 0
+
+
+def test_a_class_short_of_the_shots_is_recorded_in_the_result(tmp_path):
+    from prompt_tuning.data.synthetic import make_shapes
+
+    root = make_shapes(tmp_path / "short", n_train=3, n_val=1, n_test=2)
+    split = json.loads((root / "split_shapes.json").read_text())
+    split["train"] = [row for row in split["train"] if row[0] != "red_circle/0000.png"]  # red circle: 2 images
+    (root / "split_shapes.json").write_text(json.dumps(split))
+    out = tmp_path / "run"
+    assert main(_train_args(root, out, "protocol.shots=3", "optim.max_epochs=1")) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["shots"] == 3 and result["short_classes"] == {"red circle": 2}
+    assert main(_train_args(root, tmp_path / "full", "protocol.shots=2", "optim.max_epochs=1")) == 0
+    assert "short_classes" not in json.loads((tmp_path / "full" / "result.json").read_text())
 
 
 def test_same_config_and_seed_give_identical_metrics(shapes_dir, tmp_path):

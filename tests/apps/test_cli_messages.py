@@ -67,8 +67,23 @@ def test_sweep_takes_overrides_like_train(data, tmp_path, capsys):
 def test_datasets_list_shows_what_is_present(data, capsys):
     assert main(["datasets", "list", "--root", str(data)]) == 0
     out = capsys.readouterr().out
-    assert any(line.startswith("shapes") and "present" in line for line in out.splitlines())
-    assert any(line.startswith("eurosat") and "missing" in line for line in out.splitlines())
+    lines = {line.split()[0]: line.split() for line in out.splitlines()}
+    assert lines["shapes"][1:4] == ["9", "classes", "present"]  # counted in its split file (the config says none)
+    assert lines["eurosat"][1:4] == ["10", "classes", "missing"]
+
+
+def test_datasets_prepare_shapes_draws_its_images_with_the_seed(tmp_path, capsys):
+    def images(seed: int | None) -> bytes:
+        root = tmp_path / str(seed)
+        assert main(["datasets", "prepare", "shapes", "--root", str(root),
+                     *(["--seed", str(seed)] if seed is not None else [])]) == 0
+        return (root / "shapes" / "images" / "red_circle" / "0000.png").read_bytes()
+
+    from prompt_tuning.data.synthetic import make_shapes
+
+    assert images(None) == images(0) != images(7)  # the default is the demo's images
+    assert images(7) == (make_shapes(tmp_path / "seven", seed=7) / "images" / "red_circle" / "0000.png").read_bytes()
+    assert "wrote the shapes dataset to " in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------- one-line errors
@@ -88,7 +103,8 @@ def test_debug_after_the_subcommand_and_version(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"prompt-tuning {__version__}"
 
 
-def test_ctrl_c_says_where_it_stopped_and_how_to_continue(data, tmp_path):
+@pytest.mark.parametrize("epoch", [2, 1])
+def test_ctrl_c_says_where_it_stopped_and_how_to_continue(data, tmp_path, epoch):
     script = textwrap.dedent("""
         import os, signal, sys
         import pytorch_lightning as pl
@@ -97,7 +113,7 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_continue(data, tmp_path):
 
         class CtrlC(pl.Callback):
             def on_train_epoch_start(self, trainer, pl_module):
-                if trainer.current_epoch == 1:
+                if trainer.current_epoch == int(os.environ["CTRL_C_AT"]) - 1:
                     os.kill(os.getpid(), signal.SIGINT)
 
         make = runner.make_trainer
@@ -107,9 +123,14 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_continue(data, tmp_path):
     args = ["train", "model=tiny", "dataset=shapes", f"data.root={data}", "protocol.shots=1",
             "optim.max_epochs=3", "runtime.progress=false", f"output_dir={tmp_path / 'run'}"]
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+                          env={**os.environ, "PYTHONPATH": str(REPO), "CTRL_C_AT": str(epoch)}, timeout=300)
     assert proc.returncode == 130 == 128 + signal.SIGINT, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
+    if epoch == 1:  # no checkpoint yet: nothing to resume
+        assert last == f"interrupted at epoch 1/3, before its first checkpoint; run it again with: prompt-tuning " \
+                       f"{' '.join(args)}"
+        assert main(args) == 0
+        return
     assert last == f"interrupted at epoch 2/3; continue with: prompt-tuning {' '.join(args)} resume=true"
     assert main([*args, "resume=true"]) == 0  # and that command finishes the run
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs"] == 3

@@ -78,12 +78,51 @@ def test_a_file_that_is_not_a_head_is_one_line(tmp_path, capsys):
         prompt_tuning.load_head(tmp_path / "x.safetensors")
 
 
-def test_readme_example_classifies_with_open_clip_alone(shapes_dir, tmp_path, monkeypatch, capsys):
+def _readme_code(head_file, image: str) -> str:
+    """The README's open_clip-only example, reading ``head_file`` and classifying ``image``."""
     import re
 
-    import open_clip
-
     from tests.conftest import REPO
+
+    section = (REPO / "README.md").read_text().split("## Using learned prompts elsewhere", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return code.replace('"head.safetensors"', repr(str(head_file))).replace('"cat.jpg"', repr(image))
+
+
+@pytest.mark.parametrize("arch", ["tiny", "custom_text"])
+def test_readme_example_rebuilds_an_architecture_of_ones_own_with_open_clip_alone(shapes_dir, tmp_path, capsys,
+                                                                                   arch):
+    from tests.conftest import TINY_ARCH
+
+    model = "model=tiny"  # the package's tiny config: an architecture dict with random weights
+    if arch == "custom_text":  # a JSON file of one's own, a CustomTextCLIP with another width
+        config = {**json.loads(TINY_ARCH.read_text()), "custom_text": True}
+        config["text_cfg"] = {**config["text_cfg"], "width": 48}
+        (tmp_path / "mine.json").write_text(json.dumps(config))
+        model = f"model={tmp_path / 'mine.json'}"
+    run = tmp_path / "run"
+    assert main(["train", model, f"dataset={shapes_dir}", "method=coop", "protocol.shots=2", "optim.max_epochs=2",
+                 "optim.lr=0.05", "seed=3", "runtime.progress=false", f"output_dir={run}"]) == 0
+    head_file = tmp_path / "head.safetensors"
+    assert main(["export", str(run), "--out", str(head_file)]) == 0
+    setup = build(RunFolder(run).config())
+    _, items = setup.eval_sets["all"]
+    scope: dict = {}
+    capsys.readouterr()
+    for item in items[:3]:
+        exec(compile(_readme_code(head_file, item.path), "README.md", "exec"), scope)
+        head = prompt_tuning.load_head(head_file)
+        feature = encode_items(setup.clip, [item], eval_transform(setup.clip.preprocess), progress=False)
+        assert capsys.readouterr().out.strip() == head.classnames[int(head.logits(feature).argmax())]
+    rebuilt, ran = scope["model"].state_dict(), setup.clip.model.state_dict()  # the very weights the run used
+    assert rebuilt.keys() == ran.keys() and all(torch.equal(rebuilt[k], ran[k]) for k in ran)
+    assert type(scope["model"]).__name__ == ("CustomTextCLIP" if arch == "custom_text" else "CLIP")
+    meta = prompt_tuning.load_head(head_file).meta
+    assert json.loads(meta["open_clip_config"])["quick_gelu"] is False and meta["init_seed"] == "3"
+
+
+def test_readme_example_builds_a_named_architecture_with_its_weights(shapes_dir, tmp_path, monkeypatch, capsys):
+    import open_clip
 
     run = tmp_path / "run"
     _train(shapes_dir, run)
@@ -95,16 +134,32 @@ def test_readme_example_classifies_with_open_clip_alone(shapes_dir, tmp_path, mo
 
     def create(name, pretrained):  # open_clip would download the weights; here they are the run's tiny model
         seen.update(name=name, pretrained=pretrained)
-        return setup.clip.model, None, eval_transform(setup.clip.preprocess)
+        return setup.clip.model
 
-    monkeypatch.setattr(open_clip, "create_model_and_transforms", create)
-    section = (REPO / "README.md").read_text().split("## Using learned prompts elsewhere", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    code = code.replace('"head.safetensors"', repr(str(head_file))).replace('"cat.jpg"', repr(items[0].path))
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda name: ["", "openai"])
+    monkeypatch.setattr(open_clip, "create_model", create)
     capsys.readouterr()
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(_readme_code(head_file, items[0].path), "README.md", "exec"), {})
     printed = capsys.readouterr().out.strip()
     head = prompt_tuning.load_head(head_file)
     feature = encode_items(setup.clip, items[:1], eval_transform(setup.clip.preprocess), progress=False)
     assert printed == head.classnames[int(head.logits(feature).argmax())]
     assert seen == {"name": "tiny", "pretrained": ""}
+
+
+def test_an_exported_file_holds_only_tensors_and_text(shapes_dir, tmp_path):
+    """safetensors: a JSON header of tensor shapes and string metadata, then raw tensor bytes; nothing to unpickle."""
+    import struct
+
+    run = tmp_path / "run"
+    _train(shapes_dir, run)
+    head_file = tmp_path / "head.safetensors"
+    assert main(["export", str(run), "--out", str(head_file)]) == 0
+    raw = head_file.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + size])
+    meta = header.pop("__metadata__")
+    assert all(isinstance(v, str) for v in meta.values())
+    assert {spec["dtype"] for spec in header.values()} == {"F32"}
+    assert 8 + size + sum(end - begin for begin, end in (s["data_offsets"] for s in header.values())) == len(raw)
+    assert json.loads(meta["open_clip_config"])["vision_cfg"]["image_size"] == 32

@@ -4,8 +4,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from prompt_tuning.apps import sweep as sweep_mod
 from prompt_tuning.apps.cli import main
 from prompt_tuning.apps.launchers import parse_time
 from prompt_tuning.runs.folder import RunFolder
+from tests.conftest import REPO
 
 
 def _experiment(tmp_path, shapes_dir, name, grid, args=()):
@@ -60,7 +63,7 @@ def test_status_shows_done_running_failed_and_missing(tmp_path, shapes_dir, caps
     assert main(["sweep", str(exp), "--only", "seed=2"]) == 1  # the broken run fails, zeroshot finishes
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        locked = tmp_path / "st" / "shapes" / "zeroshot" / "default" / "shots_16" / "seed_3"
+        locked = tmp_path / "st" / "shapes" / "zeroshot" / "tiny" / "fewshot" / "shots_16" / "seed_3"
         locked.mkdir(parents=True)
         (locked / ".lock").write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid, "job": "77_3",
                                                   "since": time.time() - 120}))
@@ -76,9 +79,9 @@ def test_status_shows_done_running_failed_and_missing(tmp_path, shapes_dir, caps
     failed = next(v for k, v in lines.items() if "seed=2" in k and "broken" in k)
     assert "[failed " in failed and "n_ctx=-3: a context needs at least one vector" in failed
     assert sum("[missing]" in ln for ln in lines.values()) == 3
-    record = json.loads((tmp_path / "st" / "shapes" / "broken" / "default" / "shots_16" / "seed_2" / RunFolder.ERROR)
-                        .read_text())
-    assert record["error"] == "n_ctx=-3: a context needs at least one vector"
+    folder = tmp_path / "st" / "shapes" / "broken" / "tiny" / "fewshot" / "shots_16" / "seed_2"
+    record = json.loads((folder / RunFolder.ERROR).read_text())
+    assert record["error"] == "method.context.init_args.n_ctx=-3: a context needs at least one vector"
 
 
 def test_local_jobs_run_in_parallel_processes_with_the_numbers_of_one_process(tmp_path, shapes_dir, capsys):
@@ -89,7 +92,7 @@ def test_local_jobs_run_in_parallel_processes_with_the_numbers_of_one_process(tm
     assert main(["sweep", str(two), "--launcher", "local", "--jobs", "2"]) == 1  # the broken runs fail
     out = capsys.readouterr().out
     assert "done: 4 ran, 0 were done, 2 failed" in out
-    assert out.count("FAILED: n_ctx=-3: a context needs at least one vector") == 2
+    assert out.count("FAILED: method.context.init_args.n_ctx=-3: a context needs at least one vector") == 2
     a, b = _metrics(tmp_path / "a" / "here"), _metrics(tmp_path / "b" / "there")
     assert len(a) == 4 and a == b
     assert len(list((tmp_path / "b" / "there" / ".logs").glob("*.log"))) == 6
@@ -147,7 +150,7 @@ def test_a_cancelled_slurm_task_fails_and_the_next_submission_resumes_it(tmp_pat
     args = ["optim.max_epochs=150", "data.batch_size=4"]
     grid = {"method": ["coop_csc"], "protocol.shots": [2]}
     local, on_slurm = _two_experiments(tmp_path, shapes_dir, grid, args)
-    run = tmp_path / "b" / "there" / "shapes" / "coop_csc" / "default" / "shots_2" / "seed_1"
+    run = tmp_path / "b" / "there" / "shapes" / "coop_csc" / "tiny" / "fewshot" / "shots_2" / "seed_1"
     first: dict = {}
     sweeping = threading.Thread(target=lambda: first.update(code=main(["sweep", str(on_slurm), *SLURM_ARGS])))
     sweeping.start()
@@ -164,7 +167,13 @@ def test_a_cancelled_slurm_task_fails_and_the_next_submission_resumes_it(tmp_pat
     capsys.readouterr()
     main(["sweep", str(on_slurm), "--status"])
     status = capsys.readouterr().out
-    assert f"SLURM task {lock['job']} ended without a result" in status and "[failed " in status
+    assert "[failed " in status and "by SIGTERM (cancelled, preempted or out of time, on SLURM); the next " \
+        "sweep continues it from its last checkpoint" in status  # the task's own record, not "[missing]"
+    assert RunFolder(run).error()["job"] == lock["job"]
+    (err,) = (tmp_path / "b" / "there" / ".slurm").glob(f"*/{lock['job']}_0_log.err")
+    text = err.read_text()
+    ours = [ln for ln in text.splitlines() if ln.startswith("error:")]  # SLURM's own lines follow it
+    assert "Traceback" not in text and len(ours) == 1 and ours[0].startswith(f"error: run {run}: interrupted at")
 
     assert main(["sweep", str(on_slurm), *SLURM_ARGS]) == 0  # the next submission continues the run
     resumed = RunFolder(run).result()
@@ -172,6 +181,57 @@ def test_a_cancelled_slurm_task_fails_and_the_next_submission_resumes_it(tmp_pat
     assert not (run / RunFolder.ERROR).exists()
     assert main(["sweep", str(local)]) == 0
     assert resumed["metrics"] == next(iter(_metrics(tmp_path / "a" / "here").values()))
+
+
+SIGTERM_AT_EPOCH_2 = textwrap.dedent("""
+    import os, signal, sys
+    import pytorch_lightning as pl
+    from prompt_tuning.runs import runner
+    from prompt_tuning.apps.launchers import slurm_task
+
+    class Term(pl.Callback):  # as scancel, a preemption or the time limit: SIGTERM while training
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    make = runner.make_trainer
+    runner.make_trainer = lambda *a, **k: (lambda t: (t.callbacks.append(Term()), t)[1])(make(*a, **k))
+    slurm_task(sys.argv[1], 0)
+""")
+
+
+def test_an_interrupted_task_leaves_its_failure_record_and_one_line(tmp_path, shapes_dir, capsys):
+    exp = _experiment(tmp_path, shapes_dir, "term", {"method": ["coop_csc"]},
+                      ["optim.max_epochs=3", "protocol.shots=1", "data.batch_size=4"])
+    task = subprocess.run([sys.executable, "-c", SIGTERM_AT_EPOCH_2, str(exp)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    run = tmp_path / "term" / "shapes" / "coop_csc" / "tiny" / "fewshot" / "shots_1" / "seed_1"
+    line = ("interrupted at epoch 2/3 by SIGTERM (cancelled, preempted or out of time, on SLURM); the next sweep "
+            "continues it from its last checkpoint")
+    assert task.returncode == 143 == 128 + signal.SIGTERM, task.stderr
+    assert "Traceback" not in task.stderr and task.stderr.strip().splitlines()[-1] == f"error: run {run}: {line}"
+    record = RunFolder(run).error()
+    assert record["error"] == line and record["interrupted"] is True
+    assert main(["sweep", str(exp), "--status"]) == 1
+    status = capsys.readouterr().out
+    assert "1 runs: 1 failed" in status and f"[failed ] method=coop_csc  ({line})" in status
+    assert main(["sweep", str(exp)]) == 0  # the next sweep continues it, and the record goes
+    assert RunFolder(run).result()["resumed_at_epoch"] == 1 and RunFolder(run).error() is None
+
+
+def test_a_sweep_resumes_a_run_only_from_a_checkpoint_of_its_configuration(tmp_path, shapes_dir):
+    from prompt_tuning.apps.grid import compose_run
+    from prompt_tuning.config.experiment import expand, load_experiment
+    from prompt_tuning.config.hashing import run_hash
+
+    (run,) = expand(load_experiment(_experiment(tmp_path, shapes_dir, "res", {"method": ["coop"]})))
+    folder = RunFolder(compose_run(run).cfg.output_dir)
+    folder.path.mkdir(parents=True)
+    (folder.path / "config.yaml").write_text(f"# run hash: {run_hash(compose_run(run).cfg)}\n")
+    assert compose_run(run).cfg.resume is False  # killed before its first checkpoint: it starts again
+    folder.last_checkpoint.parent.mkdir()
+    folder.last_checkpoint.write_bytes(b"")
+    assert compose_run(run).cfg.resume is True
 
 
 def test_sweep_run_states_feed_the_status_of_the_api(tmp_path, shapes_dir):

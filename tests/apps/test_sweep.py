@@ -72,7 +72,7 @@ def test_sweep_table_plot_end_to_end_offline(tmp_path, shapes_dir, capsys):
     assert main(["sweep", str(exp)]) == 0
     assert (tmp_path / "out" / "experiment.yaml").is_file()
     capsys.readouterr()
-    assert main(["table", str(tmp_path / "out")]) == 0
+    assert main(["table", str(tmp_path / "out"), "--layout", "long"]) == 0
     table = capsys.readouterr().out
     assert table.count("| coop |") == 2  # shots 1 and 2
     assert table.count("| zeroshot | - | shapes0 | 11.11 ± 0.00 (2) |") == 1  # no shots: one row, 2 seeds

@@ -10,7 +10,7 @@ import pytest
 import torch
 from open_clip.transformer import QuickGELU
 
-from prompt_tuning.backbone import FrozenCLIP
+from prompt_tuning.backbone import FrozenCLIP, loading
 from prompt_tuning.backbone.clip import TextTower
 from prompt_tuning.core.errors import UserError
 from tests.conftest import TINY_ARCH
@@ -38,10 +38,29 @@ def test_openai_weights_get_quickgelu(monkeypatch, tag, quick):
         raise RuntimeError("stop before download")
 
     monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    monkeypatch.setattr(loading, "unreachable", lambda *a: None)  # as if the hub answered
     with pytest.raises(UserError, match=f"cannot load the weights of model ViT-B-16, pretrained tag '{tag}'.*"
                                         "stop before download.*model.pretrained=/path/to/file"):
         FrozenCLIP.build("ViT-B-16", tag)
     assert seen == {"name": "ViT-B-16", "pretrained": tag, "quick": quick}
+
+
+@pytest.mark.parametrize("env", [{}, {"HF_HUB_OFFLINE": "1"}])
+def test_offline_an_uncached_tag_fails_at_once_without_the_hub_retrying(monkeypatch, tmp_path, env):
+    calls = []
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: calls.append(a) or pytest.fail("downloads"))
+    monkeypatch.setattr(loading.socket, "create_connection",
+                        lambda address, timeout: calls.append((address, timeout)) or (_ for _ in ()).throw(
+                            OSError(101, "Network is unreachable")))
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(UserError, match="pretrained tag 'openai': they are not in the local cache and the download "
+                                        "failed \\((no connection to huggingface.co: Network is unreachable|"
+                                        "HF_HUB_OFFLINE is set)\\)"):
+        FrozenCLIP.build("ViT-B-16", "openai", cache_dir=str(tmp_path))
+    assert calls == ([] if env else [(("huggingface.co", 443), loading.PROBE_SECONDS)])  # one probe, no download
 
 
 # ------------------------------------------------------------------------------------- local checkpoints

@@ -23,7 +23,7 @@ def test_groups_and_overrides_compose(shapes_dir):
     assert cfg.method.context.init_args.n_ctx == 8
     assert cfg.method.context.class_path == "prompt_tuning.methods.contexts.coop.CoOp"
     assert cfg.dataset.class_path == "prompt_tuning.data.datasets.Folder"
-    assert cfg.output_dir.endswith(f"{Path(shapes_dir).name}/coop/fewshot/shots_4/seed_2")
+    assert cfg.output_dir.endswith(f"{Path(shapes_dir).name}/coop/tiny/fewshot-n_ctx8-lr0.01/shots_4/seed_2")
 
 
 def test_model_can_be_an_open_clip_json_and_init_args_can_be_added(shapes_dir):

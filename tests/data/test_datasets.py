@@ -76,6 +76,30 @@ def test_image_folder_layout(tmp_path):
     assert splits["val"] == splits["train"]  # no val/ folder
 
 
+def test_an_image_folder_without_val_says_its_validation_images_are_training_images(tmp_path, caplog, capsys):
+    from prompt_tuning.apps.cli import main
+
+    for split in ("train", "test"):
+        for name in ("b_class", "a_class"):
+            _image(tmp_path / split / name / "0.png")
+    with caplog.at_level("WARNING", logger="prompt_tuning"):
+        assert Folder(str(tmp_path)).val_from_train
+        Folder(str(tmp_path)).load()
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning == (f"image folder dataset {tmp_path} has no val/ folder: its validation images are training "
+                       "images (the validation accuracy is not held out); add val/<class>/ folders for a held-out one")
+    assert main(["datasets", "check", str(tmp_path), "--no-decode"]) == 0  # worth knowing, not a problem
+    out = capsys.readouterr().out
+    assert "WARNING: no val/ folder: the validation images are training images (not held out)" in out
+    for name in ("b_class", "a_class"):
+        _image(tmp_path / "val" / name / "0.png")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prompt_tuning"):
+        assert not Folder(str(tmp_path)).val_from_train
+        Folder(str(tmp_path)).load()
+    assert not caplog.records
+
+
 def test_folder_detects_either_layout_and_explains_otherwise(tmp_path):
     root = _split_dataset(tmp_path / "split")
     assert len(Folder(str(root)).load()["train"]) == 4

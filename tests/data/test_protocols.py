@@ -1,5 +1,5 @@
-"""Protocols: few-shot draws equal to the reference sampler's (Dassl's), short classes, all shots, and the
-base/novel class split."""
+"""Protocols: few-shot draws equal to the reference sampler's (Dassl's), short classes, shots that no class can
+give, all shots, and the base/novel class split."""
 
 import random
 from collections import defaultdict
@@ -8,7 +8,7 @@ import pytest
 
 from prompt_tuning.core.errors import UserError
 from prompt_tuning.data.datasets import Item
-from prompt_tuning.data.protocols import few_shot, few_shot_splits, subsample_classes
+from prompt_tuning.data.protocols import check_shots, few_shot, few_shot_splits, short_classes, subsample_classes
 
 
 def _items(n_classes=5, per_class=12, shuffle_seed=3, split="train"):
@@ -69,6 +69,17 @@ def test_a_class_with_too_few_images_keeps_them_all_with_one_warning(caplog):
     (record,) = [r for r in caplog.records if r.name.startswith("prompt_tuning")]
     assert "16 shots asked, but 5 classes have fewer training images" in record.getMessage()
     assert "'class0' (3)" in record.getMessage()
+
+
+def test_shots_no_class_can_give_are_refused_and_short_classes_are_named():
+    short = [Item(f"train/{c}/{i}.jpg", c, f"class{c}") for c in range(3) for i in range(3 + c)]  # 3, 4, 5 images
+    assert short_classes(short, 4) == {"class0": 3} and short_classes(short, -1) == {}
+    check_shots(short, 5, "toy")  # one class has 5: the others keep all they have, as in the reference sampler
+    with pytest.raises(UserError, match=r"^protocol.shots=6: no class of dataset toy has 6 training images \(the "
+                                        r"most: 5, the fewest: 3, class 'class0'\); choose protocol.shots <= 5, "
+                                        r"or -1 for all$"):
+        check_shots(short, 6, "toy")
+    check_shots(short, -1, "toy")
 
 
 def test_all_shots_returns_everything():

@@ -58,6 +58,39 @@ def case_strategy_foo(data, tmp_path):
     return _train(data, tmp_path, "trainer.strategy=foo"), r"trainer.strategy='foo'.*invalid strategy name"
 
 
+def case_accelerator_gpu_without_gpu(data, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    return _train(data, tmp_path, "trainer.accelerator=gpu"), r"trainer.accelerator='gpu'.*No supported gpu backend"
+
+
+def case_precision_fp16(data, tmp_path):
+    return _train(data, tmp_path, "trainer.precision=fp16"), r"trainer.precision='fp16'.*Precision 'fp16' is invalid"
+
+
+def case_shots_beyond_every_class(data, tmp_path):
+    return (_train(data, tmp_path, "protocol.shots=100"),
+            r"^error: protocol.shots=100: no class of dataset shapes has 100 training images \(the most: 2, the "
+            r"fewest: 2, class 'red circle'\); choose protocol.shots <= 2, or -1 for all$")
+
+
+def case_resume_without_checkpoint(data, tmp_path):
+    return (_train(data, tmp_path, "resume=true"),
+            rf"resume=true: there is no checkpoint {tmp_path / 'out' / 'checkpoints' / 'last.ckpt'} to resume from")
+
+
+def case_averaging_beyond_the_epochs(data, tmp_path):
+    return (_train(data, tmp_path, "method=promptsrc", "optim.max_epochs=4"),
+            r"method.averaging.init_args.mean=30.0: expected an epoch from 1 to 4 \(optim.max_epochs=4\)")
+
+
+def case_prompt_depth_beyond_the_model(data, tmp_path):
+    return (_train(data, tmp_path, "method=maple"),
+            r"^error: method.context.init_args.depth=9: the text transformer of tiny_clip has 2 blocks$")
+
+
 def case_template_two_braces(data, tmp_path):
     return (_train(data, tmp_path, "method=zeroshot", "dataset.init_args.template={} and {}"),
             r"template '\{\} and \{\}' must hold exactly one \{\}")

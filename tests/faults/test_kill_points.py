@@ -60,9 +60,11 @@ def test_a_kill_at_a_write_loses_nothing_and_the_run_resumes_exactly(shapes_dir,
     _killed(shapes_dir, out, cache, target, nth)
     folder = RunFolder(out)
     assert not (out / "result.json").exists()  # never half a result, and no result of an unfinished run
+    again = []
     if folder.last_checkpoint.exists():
         load_checkpoint(folder.last_checkpoint)  # whole: it loads, and its digest checks out
-    assert main(run_args(shapes_dir, out, f"runtime.cache_dir={cache}", "resume=true")) == 0
+        again = ["resume=true"]  # resume=true without a checkpoint is refused: nothing to continue
+    assert main(run_args(shapes_dir, out, f"runtime.cache_dir={cache}", *again)) == 0
     assert json.loads((out / "result.json").read_text())["metrics"] == uninterrupted
 
 
@@ -72,5 +74,6 @@ def test_a_finished_run_begun_again_and_killed_leaves_no_stale_result(shapes_dir
     assert main(run_args(shapes_dir, out, f"runtime.cache_dir={cache}")) == 0
     _killed(shapes_dir, out, cache, "last.ckpt", 1)  # trained again (no resume), killed at its first checkpoint
     assert not (out / "result.json").exists()  # the old result would describe a checkpoint no longer there
-    assert main(run_args(shapes_dir, out, f"runtime.cache_dir={cache}", "resume=true")) == 0
+    assert not RunFolder(out).last_checkpoint.exists()  # the old run's checkpoints went when it began again
+    assert main(run_args(shapes_dir, out, f"runtime.cache_dir={cache}")) == 0
     assert json.loads((out / "result.json").read_text())["metrics"] == uninterrupted

@@ -19,7 +19,7 @@ from prompt_tuning.methods.prompt_hooks import VisualPrompts
 from prompt_tuning.runs.module import PromptTuner
 from tests.backbone.test_prompt_hooks import reference_image
 from tests.conftest import TINY_ARCH
-from tests.helpers import ARCH4, random_images
+from tests.helpers import ARCH4, one_line, random_images
 
 TASK = Task(("red circle", "great_crested_grebe", "dog", "blue square"), "a photo of a {}.")
 # prompt depths that fit the 2-block tiny CLIP of TINY_ARCH
@@ -120,8 +120,12 @@ def test_a_prompt_depth_beyond_the_model_fails_before_the_run_writes_anything(sh
     out = tmp_path / "run"
     assert main(["train", f"model={TINY_ARCH}", f"dataset={shapes_dir}", "method=maple", "runtime.progress=false",
                  f"output_dir={out}"]) == 2
-    assert "depth=9: the text transformer of" in capsys.readouterr().err
+    line = one_line(capsys)  # the full key of the argument, as the user sets it
+    assert line == f"error: method.context.init_args.depth=9: the text transformer of {TINY_ARCH.stem} has 2 blocks"
     assert not out.exists()
+    assert main(["train", f"model={TINY_ARCH}", f"dataset={shapes_dir}", "method=promptsrc", "runtime.progress=false",
+                 "method.context.init_args.depth_text=2", f"output_dir={out}"]) == 2
+    assert "error: method.context.init_args.depth_vision=9: the image transformer of" in one_line(capsys)
     with pytest.raises(UserError, match="depth_vision=5: the image transformer of tiny4 has 4 blocks"):
         IVLP(FrozenCLIP.build("tiny4", None, arch=ARCH4), TASK, depth_text=2, depth_vision=5)
 

@@ -24,14 +24,20 @@ def test_a_cell_with_fewer_seeds_than_asked_shows_n_of_n():
 
 def test_an_experiment_without_runs_shows_its_published_numbers_and_expected_runs(tmp_path, capsys):
     (tmp_path / "experiment.yaml").write_text((REPO / "experiments" / "domain_generalization.yaml").read_text())
-    assert main(["table", str(tmp_path)]) == 0
+    assert main(["table", str(tmp_path), "--layout", "long"]) == 0
     out = capsys.readouterr().out
     assert "| coop | 16 | imagenet | missing | 71.51 |  |" in out
     assert "| kgcoop | 4 | imagenet | missing | not published |" in out  # KgCoOp's transfer recipe: 4 shots
+    assert main(["table", str(tmp_path)]) == 0  # wide: the source and each target, published rows
+    wide = capsys.readouterr().out
+    assert wide.startswith("| Method | Shots | ImageNet | ImageNet-V2 | ImageNet-Sketch | ImageNet-A | ImageNet-R |")
+    assert "| CoOp | 16 | missing | missing | missing | missing | missing |" in wide
+    assert "| CoOp (published) | 16 | 71.51 | 64.20 | 47.99 | 49.71 | 75.21 |" in wide
+    assert "| KgCoOp | 4 | missing |" in wide and "KgCoOp (published)" not in wide
 
 
 def test_plot_formats_display_names_error_bars_caption_and_outside_legend(tmp_path, capsys):
-    from prompt_tuning.reporting.plot import bars_figure, curves_figure
+    from prompt_tuning.reporting.plot import bars_figure, caption_of, curves_figure
 
     runs = tmp_path / "runs"
     for i, (m, k, s) in enumerate((m, k, s) for m in ("coop", "zeroshot") for k in (1, 4) for s in (1, 2)):
@@ -48,9 +54,10 @@ def test_plot_formats_display_names_error_bars_caption_and_outside_legend(tmp_pa
             assert (runs / "plots" / f"{name}.{fmt}").read_bytes().startswith(magic)
     table = aggregate(json.loads(p.read_text()) for p in runs.rglob("result.json"))
     curves = curves_figure(table, {"coop": "My CoOp"})
-    assert [t.get_text() for t in curves.legends[0].get_texts()] == ["My CoOp", "Zero-shot CLIP"]
+    assert [t.get_text() for t in curves.legends[0].get_texts()] == ["Zero-shot CLIP", "My CoOp"]
     assert not any(ax.get_legend() for ax in curves.axes)  # the legend is the figure's, outside the axes
-    assert any("±1 std over seeds" in t.get_text() for t in curves.texts)
+    assert "±1 std over seeds" in caption_of(curves)
     bars = bars_figure(table)
     assert any(len(c.lines) > 1 and c.lines[1] for c in bars.axes[0].containers if hasattr(c, "lines"))
-    assert any("error bars: ±1 std over 2 seeds" in t.get_text() for t in bars.texts)
+    assert "error bars: ±1 std over 2 seeds" in caption_of(bars)
+    assert "error bars: ±1 std over 2 seeds" in (runs / "plots" / "base_novel.txt").read_text()

@@ -33,7 +33,7 @@ def test_a_run_gives_the_same_metrics_with_the_cache_on_and_off(shapes_dir, tmp_
 def test_output_dir_follows_seed_and_shots_for_every_method_and_protocol(method, protocol):
     cfg = compose([f"method={method}", f"protocol={protocol}", "dataset=eurosat", "model=tiny",
                    "protocol.shots=4", "seed=3"])
-    assert cfg.output_dir.endswith(f"/eurosat/{method}/{protocol}/shots_4/seed_3")
+    assert cfg.output_dir.endswith(f"/eurosat/{method}/tiny/{protocol}/shots_4/seed_3")
     assert (cfg.protocol.shots, cfg.seed) == (4, 3)
 
 
