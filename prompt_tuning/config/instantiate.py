@@ -172,7 +172,8 @@ def check_names_early(cfg: DictConfig) -> None:
     """A misspelt ``init_args`` name, said from the class's source before its module is imported (the full
     check, `check_init_args`, follows and covers what the source cannot say)."""
     for key, spec in specs(cfg):
-        if key in SLOTS and not OmegaConf.is_missing(spec, "class_path"):
+        if key in SLOTS and not OmegaConf.is_missing(spec, "class_path") and str(spec.class_path).startswith(
+                "prompt_tuning."):  # the toolkit's own classes; any other is first checked to be of the slot's kind
             params = source_parameters(str(spec.class_path))
             if params is not None:
                 check_arg_names(key, spec.class_path, list(spec.get("init_args") or {}), params)
