@@ -244,10 +244,12 @@ def test_overwrite_reaches_the_runs_of_a_launcher(tmp_path, shapes_dir, capsys):
     exp = _experiment(tmp_path, shapes_dir, "ow", {"method": ["zeroshot"], "seed": [1, 2]})
     assert main(["sweep", str(exp)]) == 0
     capsys.readouterr()
-    # another configuration of the same runs: kept without --overwrite, replaced with it, in the worker processes
-    assert main(["sweep", str(exp), "optim.lr=0.5", "--launcher", "local", "--jobs", "2"]) == 0
+    # another configuration of the same runs (the experiment's own args changed: command-line overrides would tag
+    # other folders): kept without --overwrite, replaced with it, in the worker processes
+    exp = _experiment(tmp_path, shapes_dir, "ow", {"method": ["zeroshot"], "seed": [1, 2]}, ["optim.lr=0.5"])
+    assert main(["sweep", str(exp), "--launcher", "local", "--jobs", "2"]) == 0
     assert "2 finished under another configuration (kept" in capsys.readouterr().out
-    assert main(["sweep", str(exp), "optim.lr=0.5", "--launcher", "local", "--jobs", "2", "--overwrite"]) == 0
+    assert main(["sweep", str(exp), "--launcher", "local", "--jobs", "2", "--overwrite"]) == 0
     assert "done: 2 ran, 0 were done, 0 failed" in capsys.readouterr().out
     lrs = [json.loads((p.parent / "config.yaml").read_text().split("\n", 1)[1].split("lr: ")[1].split()[0])
            for p in (tmp_path / "ow").rglob("result.json")]

@@ -12,7 +12,7 @@ def test_a_failed_weight_download_is_one_line_saying_what_to_do(data, tmp_path, 
         raise RuntimeError("Failed to download weights for tag 'openai': cannot reach the hub")
 
     monkeypatch.setattr(open_clip, "create_model", offline)
-    code = main(["train", "model=vit_b16", "method=coop", "dataset=shapes", f"data.root={data}",
+    code = main(["train", "model=vit_b16", "method=coop", "dataset=shapes", "protocol.shots=2", f"data.root={data}",
                  f"output_dir={tmp_path / 'run'}"])
     line = one_line(capsys)
     assert code == 2 and "cannot load the weights of model ViT-B-16, pretrained tag 'openai'" in line
