@@ -127,6 +127,7 @@ def _train(args) -> None:
     if args.print_config:
         print(annotated_yaml(cfg, composed.sources), end="")
         return
+    from prompt_tuning.runs.folder import RunFolder
     from prompt_tuning.runs.runner import Interrupted, train
     from prompt_tuning.runs.trainer import rank
 
@@ -134,7 +135,7 @@ def _train(args) -> None:
         result = train(cfg, composed.sources)
     except Interrupted as e:
         again = " ".join(shlex.quote(a) for a in args.overrides if not a.startswith("resume="))
-        if not (Path(cfg.output_dir) / "checkpoints" / "last.ckpt").is_file():  # stopped in its first epoch
+        if not RunFolder(cfg.output_dir).last_checkpoint.is_file():  # stopped in its first epoch
             raise KeyboardInterrupt(f"interrupted at epoch {e.epoch}/{e.max_epochs}, before its first checkpoint; "
                                     f"run it again with: prompt-tuning train {again}") from None
         raise KeyboardInterrupt(f"interrupted at epoch {e.epoch}/{e.max_epochs}; continue with: "

@@ -146,12 +146,10 @@ def _open_clip_config(cfg, clip) -> dict:
     """The open_clip model config dict the model was built from (``open_clip.CLIP(**config)``, or
     ``CustomTextCLIP`` when it holds ``custom_text: true``, as in open_clip's ``model_configs``), with the
     activation the model ran with."""
-    from omegaconf import OmegaConf
+    from prompt_tuning.backbone.loading import read_arch
 
     if cfg.model.arch is not None:
-        arch = cfg.model.arch
-        config = (json.loads(Path(arch).read_text()) if isinstance(arch, str) else
-                  OmegaConf.to_container(arch, resolve=True))
+        config = read_arch(cfg.model.arch)
     else:
         config = open_clip.get_model_config(clip.name)
         if config is None:

@@ -54,6 +54,13 @@ def task(experiment: str, index: int, overrides: list[str] = (), cwd: str | None
         return None
 
 
+def _said_interruption(e: BaseException) -> int:
+    """Print an interruption's one line (the run's failure record, which `grid.run_one` notes on it) and return
+    the exit code of its signal: 143 for SIGTERM, 130 for Ctrl-C and the rest."""
+    print(f"error: {(getattr(e, '__notes__', None) or [str(e) or 'interrupted'])[-1]}", file=sys.stderr)
+    return 143 if getattr(e, "signal", "") == "SIGTERM" else 130
+
+
 def slurm_task(experiment: str, index: int, overrides: list[str] = (), cwd: str | None = None,
                progress: bool = False) -> dict | None:
     """`task` as a SLURM task runs it: a user error or an interruption (SIGTERM from ``scancel``, preemption or
@@ -65,8 +72,7 @@ def slurm_task(experiment: str, index: int, overrides: list[str] = (), cwd: str 
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except (KeyboardInterrupt, SystemExit) as e:
-        print(f"error: {(getattr(e, '__notes__', None) or [str(e) or 'interrupted'])[-1]}", file=sys.stderr)
-        raise SystemExit(143 if getattr(e, "signal", "") == "SIGTERM" else 130) from None
+        raise SystemExit(_said_interruption(e)) from None
     except Exception as e:
         if type(e).__name__ != "UncompletedJobError":  # submitit's: out of time, and not checkpointable
             raise
@@ -372,8 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or the SIGTERM of a sweep that stops: one line, no traceback
-        print(f"error: {(getattr(e, '__notes__', None) or [str(e) or 'interrupted'])[-1]}", file=sys.stderr)
-        return 143 if getattr(e, "signal", "") == "SIGTERM" else 130
+        return _said_interruption(e)
     from prompt_tuning.runs.trainer import rank
 
     if result is not None and rank() == 0:

@@ -70,7 +70,7 @@ def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", ar
     local = bool(pretrained) and os.path.isfile(str(pretrained))
     state, openai_format = read_checkpoint(pretrained, allow_torchscript) if local else (None, False)
     if arch is not None:
-        cfg = _read_arch(arch)
+        cfg = read_arch(arch)
         model_cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
         if pretrained and not local:
             raise UserError(f"model.pretrained={pretrained!r}: with model.arch it must be a checkpoint file")
@@ -129,7 +129,7 @@ def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", ar
 PROBE_SECONDS = 3.0  # how long a download host may take to answer before we call the machine offline
 
 
-def unreachable(name: str, tag: str, cache_dir: str | None) -> str | None:
+def unreachable(name: str, tag: str) -> str | None:
     """Why the weights of an uncached tag cannot be downloaded from here, found in seconds (the hub client would
     retry for a minute): offline mode, or no connection to the host. None when a download may work (a proxy is
     set, or the host answers)."""
@@ -155,8 +155,7 @@ def _create(name: str, tag: str | None, quick_gelu: bool, cache_dir: str | None)
     disabled = logging.root.manager.disable
     logging.disable(logging.ERROR)  # the hub's retry chatter and open_clip's own error log: reported below
     try:
-        why = unreachable(name, tag, cache_dir) if tag and weights_status(name, tag, None, cache_dir) == "download" \
-            else None
+        why = unreachable(name, tag) if tag and weights_status(name, tag, None, cache_dir) == "download" else None
         if why:
             raise OSError(why)
         return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
@@ -289,7 +288,7 @@ def _load_weights(model: nn.Module, state: dict | None, openai_format: bool, pat
                         f"of model.name / model.arch: {detail}") from e
 
 
-def _read_arch(arch: dict | str | Any) -> dict:
+def read_arch(arch: dict | str | Any) -> dict:
     """An architecture config as a plain dict, from a dict(-like) or a JSON file."""
     if isinstance(arch, str | Path):
         path = Path(arch)

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from prompt_tuning.config.compose import GROUPS, compose, load_yaml
-from prompt_tuning.config.identity import override_tag, variant
+from prompt_tuning.config.identity import override_tag, pairs, variant
 from prompt_tuning.core.errors import UserError
 
 PATH_KEYS = ("dataset", "method", "protocol.shots", "seed")  # keys the standard run path already encodes
@@ -80,8 +80,7 @@ def with_overrides(exp: dict, overrides: list[str]) -> dict:
 def swept_copy(exp: dict) -> str:
     """The file name of the copy a sweep keeps in its output folder: ``experiment.yaml``, or, for a sweep with
     overrides, ``experiment-<tag>.yaml`` (``model=rn50 optim.lr=0.01`` -> ``experiment-modelrn50-lr0.01.yaml``)."""
-    pairs = [tuple(o.partition("=")[::2]) for o in exp.get("overrides", [])]
-    tag = override_tag(pairs)
+    tag = override_tag(pairs(exp.get("overrides", [])))
     return f"experiment-{tag}.yaml" if tag else SWEPT
 
 
@@ -132,7 +131,7 @@ def expand(exp: dict, only: list[str] = ()) -> list[Run]:
         tags = {k.rpartition(".")[2]: v for k, v in choice.items() if k not in PATH_KEYS and k not in
                 ("protocol", "model")}
         tagging = [(k, str(v)) for k, v in choice.items() if k not in GROUPS] + [
-            tuple(o.partition("=")[::2]) for o in overrides if o.partition("=")[0] not in GROUPS]
+            (k, v) for k, v in pairs(overrides) if k not in GROUPS]
         args = [*exp["args"], *overrides, *(f"{k}={v}" for k, v in choice.items()),
                 *(f"tags.{k}={v}" for k, v in tags.items()), f"runtime.experiment={exp['name']}",
                 f"runtime.variant={variant(tagging) or repr('')}"]

@@ -33,22 +33,28 @@ def model_label(choice: str) -> str:
     return path.stem if path.suffix in (".yaml", ".yml", ".json") else _UNSAFE.sub("_", choice).strip("_") or "model"
 
 
-def _part(key: str, value: str) -> str:
+def pairs(args: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """``["optim.lr=0.01"]`` -> ``[("optim.lr", "0.01")]``."""
+    return [(key, value) for key, _, value in (a.partition("=") for a in args)]
+
+
+def _part(key: str, value: str, joiner: str) -> str:
     leaf = key.rpartition(".")[2]
     if "/" in value or value.startswith("~"):  # a location: its name would be long and unsafe in a path
-        return f"{leaf}{_UNSAFE.sub('_', Path(value).name)}.{_digest(value)}"
-    return f"{leaf}{_UNSAFE.sub('_', value)}"
+        return f"{leaf}{joiner}{_UNSAFE.sub('_', Path(value).name)}.{_digest(value)}"
+    return f"{leaf}{joiner}{_UNSAFE.sub('_', value)}"
 
 
-def tagged(key: str) -> bool:
-    """Whether an override of ``key`` enters the run path's tag."""
-    return key not in IN_PATH and key not in LOCATIONS and key.split(".")[0] not in NOT_HASHED
+def tagged(key: str, in_path: tuple[str, ...] = IN_PATH) -> bool:
+    """Whether an override of ``key`` enters the tag (``in_path``: keys the path spells out itself)."""
+    return key not in in_path and key not in LOCATIONS and key.split(".")[0] not in NOT_HASHED
 
 
-def override_tag(overrides: list[tuple[str, str]]) -> str:
-    """``[("optim.lr", "0.01")]`` -> ``lr0.01``; empty when no override changes the numbers."""
-    kept = [(k, v) for k, v in overrides if tagged(k)]
-    tag = "-".join(_part(k, v) for k, v in kept)
+def override_tag(overrides: list[tuple[str, str]], in_path: tuple[str, ...] = IN_PATH, joiner: str = "") -> str:
+    """``[("optim.lr", "0.01")]`` -> ``lr0.01`` (``joiner="_"``: ``lr_0.01``); empty when no override changes the
+    numbers. ``in_path``: keys left out because the path names them already (the run path's shots and seed)."""
+    kept = [(k, v) for k, v in overrides if tagged(k, in_path)]
+    tag = "-".join(_part(k, v, joiner) for k, v in kept)
     if len(tag) > MAX_TAG:
         tag = tag[:MAX_TAG - 7].rstrip("-") + "-" + _digest(repr(sorted(kept)))
     return tag

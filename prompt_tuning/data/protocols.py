@@ -58,12 +58,16 @@ def few_shot(items: Sequence[Item], shots: int, rng: random.Random, warn: bool =
     return out
 
 
+def class_counts(items: Sequence[Item]) -> dict[str, int]:
+    """Images per class of ``items``: name -> count."""
+    return {g[0].classname: len(g) for g in group_by_label(items).values()}
+
+
 def short_classes(items: Sequence[Item], shots: int) -> dict[str, int]:
     """The classes of ``items`` with fewer than ``shots`` images: name -> count (none when ``shots < 1``)."""
     if shots < 1:
         return {}
-    counts = {g[0].classname: len(g) for g in group_by_label(items).values()}
-    return {name: n for name, n in counts.items() if n < shots}
+    return {name: n for name, n in class_counts(items).items() if n < shots}
 
 
 def check_shots(items: Sequence[Item], shots: int, dataset: str) -> None:
@@ -72,7 +76,7 @@ def check_shots(items: Sequence[Item], shots: int, dataset: str) -> None:
     have, as in the reference sampler, with a warning.)"""
     if shots < 1 or not items:
         return
-    counts = {g[0].classname: len(g) for g in group_by_label(items).values()}
+    counts = class_counts(items)
     most = max(counts.values())
     if most < shots:
         fewest = min(counts, key=counts.get)

@@ -16,11 +16,9 @@ one is complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import time
@@ -31,12 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from prompt_tuning.config.compose import compose_saved
 from prompt_tuning.config.hashing import NOT_HASHED, flatten
+from prompt_tuning.config.identity import override_tag, pairs
 from prompt_tuning.core.errors import UserError
 from prompt_tuning.core.files import remove_stale_temporaries, write_atomic, write_json
 from prompt_tuning.core.locks import FileLock, slurm_job
 
 State = Literal["done", "running", "changed", "failed", "todo"]
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+]+")
 
 
 class RunFolder:
@@ -76,19 +74,8 @@ class RunFolder:
     def eval_file(self, checkpoint: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Path:
         """Where `prompt-tuning eval` keeps what it measured: ``eval/<checkpoint stem>[-<tag>].json``, the tag
         naming the overrides that may change the numbers (``dataset=imagenetv2 seed=2`` ->
-        ``last-dataset_imagenetv2-seed_2``; ``runtime.*`` and the data and weights folders stay out; a path enters
-        as its name and a digest; a tag over 60 characters is cut and ends in a digest of all the overrides)."""
-        parts = []
-        for arg in overrides:
-            key, _, value = arg.partition("=")
-            if key.split(".")[0] in NOT_HASHED or key in ("data.root", "model.cache_dir"):
-                continue
-            name = Path(value).name if "/" in value else value
-            part = f"{key.rpartition('.')[2]}_{_UNSAFE.sub('_', name).strip('_')}"
-            parts.append(part + (f".{hashlib.sha256(value.encode()).hexdigest()[:6]}" if "/" in value else ""))
-        tag = "-".join(parts)
-        if len(tag) > 60:
-            tag = tag[:53].rstrip("-") + "-" + hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:6]
+        ``last-dataset_imagenetv2-seed_2``), as a run path's tag does (`prompt_tuning.config.identity`)."""
+        tag = override_tag(pairs(overrides), in_path=(), joiner="_")
         return self.path / self.EVALS / f"{Path(checkpoint).stem}{'-' + tag if tag else ''}.json"
 
     # ------------------------------------------------------------------------------------------- reading

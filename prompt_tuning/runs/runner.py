@@ -229,10 +229,10 @@ def load_method_state(module: PromptTuner, checkpoint: str | Path) -> None:
 def evaluate_checkpoint(cfg: DictConfig, checkpoint: str | Path) -> dict[str, float]:
     """Rebuild the run of ``cfg``, load ``checkpoint``'s learned tensors and test them."""
     quiet_lightning()
-    make_trainer(cfg, None, 1)  # a trainer setting Lightning refuses is said before the build
+    trainer = make_trainer(cfg, None, 1)  # a trainer setting Lightning refuses is said before the build
     setup = build(cfg)
     fit_frozen(setup)  # deterministic: a fitted head is fitted again, then its trained tensors are loaded
     if setup.module.trainable:
         load_method_state(setup.module, checkpoint)
     select_frozen(setup)
-    return evaluate(setup, make_trainer(cfg, None, 1))
+    return evaluate(setup, trainer)
