@@ -57,10 +57,29 @@ def find_config(relative: str, roots: list[Path] | None = None) -> Path | None:
     return next((r / relative for r in roots or config_dirs() if (r / relative).is_file()), None)
 
 
-def load_yaml(path: str | os.PathLike, what: str = "config") -> DictConfig:
-    """A YAML mapping file; a syntax error is one line, ``FILE:LINE:COLUMN: problem``."""
-    import yaml
+_LOADED: dict[tuple, DictConfig] = {}  # (path, mtime, size) -> the parsed file, for load_yaml
 
+
+def load_yaml(path: str | os.PathLike, what: str = "config") -> DictConfig:
+    """A YAML mapping file (a fresh copy; a file unchanged since its last read is not parsed again: a sweep
+    composes the same group files for each of its runs); a syntax error is one line, ``FILE:LINE:COLUMN:
+    problem``."""
+    try:
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    except OSError:
+        key = None
+    if key in _LOADED:
+        return copy.deepcopy(_LOADED[key])
+    cfg = _parse_yaml(path, what)
+    if key is not None:
+        if len(_LOADED) >= 512:
+            _LOADED.clear()
+        _LOADED[key] = copy.deepcopy(cfg)
+    return cfg
+
+
+def _parse_yaml(path: str | os.PathLike, what: str) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
     except yaml.MarkedYAMLError as e:
@@ -161,7 +180,7 @@ def compose_annotated(args: list[str] | tuple[str, ...] = ()) -> Composed:
     plain = _with_overrides(cfg, overrides)
     matched: list[Recipe] = []
     for _ in range(len(recipes) + 1):  # a recipe may set a key that another recipe's `when` reads
-        with_recipes = _with_overrides(apply_recipes(cfg, matched), overrides)
+        with_recipes = _with_overrides(apply_recipes(cfg, matched), overrides) if matched else copy.deepcopy(plain)
         now = [r for r in recipes if r.matches(with_recipes)]
         if now == matched:
             break
