@@ -57,7 +57,7 @@ def find_config(relative: str, roots: list[Path] | None = None) -> Path | None:
     return next((r / relative for r in roots or config_dirs() if (r / relative).is_file()), None)
 
 
-_LOADED: dict[tuple, DictConfig] = {}  # (path, mtime, size) -> the parsed file, for load_yaml
+_LOADED: dict[tuple, DictConfig] = {}  # (real path, mtime, size, inode) -> the parsed file, for load_yaml
 
 
 def load_yaml(path: str | os.PathLike, what: str = "config") -> DictConfig:
